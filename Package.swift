@@ -1,0 +1,53 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "sandpit",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "sandpit", targets: ["Runner"]),
+        .library(name: "CgroupKit", targets: ["CgroupKit"]),
+        .library(name: "Sandbox", targets: ["Sandbox"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+    ],
+    targets: [
+        // The only code that runs between clone and exec, plus thin wrappers for
+        // variadic syscalls (ioctl, prctl) that Swift cannot call directly.
+        .target(
+            name: "CSandpit",
+            linkerSettings: [.linkedLibrary("seccomp"), .linkedLibrary("cap")]
+        ),
+        .target(
+            name: "CgroupKit",
+            dependencies: ["CSandpit"]
+        ),
+        .target(
+            name: "Sandbox",
+            dependencies: [
+                "CgroupKit", "CSandpit",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(
+            name: "Runner",
+            dependencies: [
+                "Sandbox", "CgroupKit",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .testTarget(
+            name: "CgroupKitTests",
+            dependencies: ["CgroupKit"],
+            resources: [.copy("Fixtures")]
+        ),
+        .testTarget(
+            name: "SandboxTests",
+            dependencies: ["Sandbox", "CgroupKit"]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

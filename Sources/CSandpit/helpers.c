@@ -1,0 +1,170 @@
+// Helpers that need C for structs, variadic ioctls or a private thread.
+#define _GNU_SOURCE
+#include "csandpit.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/loop.h>
+#include <pthread.h>
+#include <sched.h>
+#include <seccomp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/capability.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+
+struct sp_netdev_arg {
+    int nsfd;
+    char *buf;
+    size_t len;
+    ssize_t result;
+};
+
+static void *sp_netdev_thread(void *p) {
+    struct sp_netdev_arg *a = p;
+    // unshare(CLONE_FS) is not needed: setns(CLONE_NEWNET) only changes this thread.
+    if (setns(a->nsfd, CLONE_NEWNET) < 0) {
+        a->result = -errno;
+        return NULL;
+    }
+    int fd = open("/proc/thread-self/net/dev", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        a->result = -errno;
+        return NULL;
+    }
+    size_t off = 0;
+    for (;;) {
+        ssize_t n = read(fd, a->buf + off, a->len - off);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            a->result = -errno;
+            close(fd);
+            return NULL;
+        }
+        if (n == 0 || off + (size_t)n >= a->len) {
+            off += (size_t)n;
+            break;
+        }
+        off += (size_t)n;
+    }
+    close(fd);
+    a->result = (ssize_t)off;
+    return NULL;
+}
+
+ssize_t sp_read_netdev_in_ns(int nsfd, char *buf, size_t len) {
+    struct sp_netdev_arg a = {nsfd, buf, len, -EIO};
+    pthread_t t;
+    int e = pthread_create(&t, NULL, sp_netdev_thread, &a);
+    if (e != 0) return -e;
+    pthread_join(t, NULL);
+    return a.result;
+}
+
+int sp_seccomp_build(const char *const *denied, size_t ndenied, uint64_t clone_ns_mask, int deny_errno,
+                     void **out, size_t *out_bytes) {
+    scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_ALLOW);
+    if (!ctx) return -ENOMEM;
+    int rc = 0;
+    // Syscalls of another ABI (i386 via int 0x80, x32) match no native rule:
+    // they must not slip through, so every one of them is denied.
+    if ((rc = seccomp_attr_set(ctx, SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_ERRNO(deny_errno))) < 0) goto out;
+    for (size_t i = 0; i < ndenied; i++) {
+        int nr = seccomp_syscall_resolve_name(denied[i]);
+        if (nr == __NR_SCMP_ERROR) continue;  // unknown on this architecture
+        if ((rc = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(deny_errno), nr, 0)) < 0) goto out;
+    }
+    for (int bit = 0; bit < 64; bit++) {
+        uint64_t f = 1ULL << bit;
+        if (!(clone_ns_mask & f)) continue;
+        if ((rc = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(deny_errno), SCMP_SYS(clone), 1,
+                                   SCMP_A0(SCMP_CMP_MASKED_EQ, f, f))) < 0)
+            goto out;
+    }
+    // clone3 passes its flags in memory that seccomp cannot read: make libc fall back to clone().
+    if ((rc = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(ENOSYS), SCMP_SYS(clone3), 0)) < 0) goto out;
+
+    int fd = memfd_create("sandpit-seccomp", MFD_CLOEXEC);
+    if (fd < 0) { rc = -errno; goto out; }
+    if ((rc = seccomp_export_bpf(ctx, fd)) < 0) { close(fd); goto out; }
+    off_t size = lseek(fd, 0, SEEK_END);
+    void *buf = malloc((size_t)size);
+    if (!buf) { close(fd); rc = -ENOMEM; goto out; }
+    if (pread(fd, buf, (size_t)size, 0) != size) { free(buf); close(fd); rc = -EIO; goto out; }
+    close(fd);
+    *out = buf;
+    *out_bytes = (size_t)size;
+    rc = (int)(size / 8);
+out:
+    seccomp_release(ctx);
+    return rc;
+}
+
+int sp_loop_attach(int backing_fd, int *index) {
+    int ctl = open("/dev/loop-control", O_RDWR | O_CLOEXEC);
+    if (ctl < 0) return -errno;
+    for (int attempt = 0; attempt < 64; attempt++) {
+        int n = ioctl(ctl, LOOP_CTL_GET_FREE);
+        if (n < 0) { int e = errno; close(ctl); return -e; }
+        char path[64];
+        snprintf(path, sizeof path, "/dev/loop%d", n);
+        int lfd = open(path, O_RDWR | O_CLOEXEC);
+        if (lfd < 0) {
+            if (errno == ENOENT) continue;  // node not created yet by devtmpfs
+            int e = errno; close(ctl); return -e;
+        }
+        struct loop_config cfg;
+        memset(&cfg, 0, sizeof cfg);
+        cfg.fd = (unsigned int)backing_fd;
+        cfg.info.lo_flags = LO_FLAGS_AUTOCLEAR;
+        if (ioctl(lfd, LOOP_CONFIGURE, &cfg) == 0) {
+            close(ctl);
+            *index = n;
+            return lfd;
+        }
+        int e = errno;
+        close(lfd);
+        if (e != EBUSY) { close(ctl); return -e; }  // EBUSY: another run took it first
+    }
+    close(ctl);
+    return -EBUSY;
+}
+
+int sp_last_cap(void) {
+    int n = (int)cap_max_bits();
+    return n > 0 ? n - 1 : 40;
+}
+
+int sp_seccomp_available(void) {
+    // PR_GET_SECCOMP answers 0 when seccomp is built in and not yet in use.
+    return prctl(PR_GET_SECCOMP, 0, 0, 0, 0) >= 0;
+}
+
+int sp_copy_sparse(int from_fd, int to_fd, uint64_t size) {
+    off_t pos = 0;
+    for (;;) {
+        off_t data = lseek(from_fd, pos, SEEK_DATA);
+        if (data < 0) {
+            if (errno == ENXIO) break;
+            return -errno;
+        }
+        off_t hole = lseek(from_fd, data, SEEK_HOLE);
+        if (hole < 0) return -errno;
+        off_t in = data, outp = data;
+        while (in < hole) {
+            ssize_t n = copy_file_range(from_fd, &in, to_fd, &outp, (size_t)(hole - in), 0);
+            if (n < 0) {
+                if (errno == EINTR) continue;
+                return -errno;
+            }
+            if (n == 0) break;
+        }
+        pos = hole;
+    }
+    if (ftruncate(to_fd, (off_t)size) < 0) return -errno;
+    return 0;
+}

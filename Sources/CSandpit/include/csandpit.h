@@ -1,0 +1,184 @@
+// CSandpit: the part of sandpit that must be C.
+//
+// Why C: the sandbox child is created with clone3() from a multithreaded Swift
+// process. Between clone and execve only async-signal-safe code may run (no
+// allocation, no locks, no Swift runtime), so the whole jail set-up (mounts,
+// pivot_root, capabilities, rlimits, seccomp, setuid) and the tiny init that
+// supervises the program inside its pid namespace live here. Everything the
+// child needs is prepared by Swift in the parent and passed in `sp_launch_spec`.
+//
+// The rest are one-line wrappers for variadic or struct-heavy calls (ioctl,
+// prctl, seccomp export) that Swift cannot call directly. Policy (what to mount,
+// what to deny, retries) stays in Swift.
+#ifndef CSANDPIT_H
+#define CSANDPIT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// ---- mount plan executed by the sandbox init before pivot_root ----
+enum sp_op_kind {
+    SP_OP_MKDIR = 1,      // mkdir(dst, mode)
+    SP_OP_BIND = 2,       // bind src on dst; flags: SP_BIND_* ; dst must exist
+    SP_OP_SYMLINK = 3,    // symlink(src, dst)
+    SP_OP_TMPFS = 4,      // mount tmpfs on dst, data = options, flags = MS_*
+    SP_OP_PROC = 5,       // mount a fresh proc on dst
+    SP_OP_MKNOD = 6,      // mknod(dst, S_IFCHR|mode, dev)
+    SP_OP_FILE = 7,       // create dst (mode) with `data` (datalen bytes), owner uid/gid
+    SP_OP_BLOCKFS = 8,    // mount block device src (fstype = data) on dst, flags = MS_*
+    SP_OP_CHOWN = 9,      // chown(dst, uid, gid) + chmod(dst, mode)
+    SP_OP_UMOUNT = 10,    // umount2(dst, MNT_DETACH)
+    SP_OP_RMDIR = 11,     // rmdir(dst)
+    SP_OP_TOUCH = 12,     // create an empty file dst (bind target)
+};
+
+#define SP_BIND_RO 0x1        // remount the bind read-only
+#define SP_BIND_OPTIONAL 0x2  // skip silently when src does not exist
+#define SP_BIND_NOEXEC 0x4
+
+typedef struct sp_mount_op {
+    int kind;
+    int flags;             // SP_BIND_* for binds, MS_* for tmpfs / blockfs
+    const char *src;
+    const char *dst;       // absolute path (below the new root before pivot)
+    const char *data;      // tmpfs options, fs type, or file content
+    size_t datalen;
+    unsigned int mode;
+    unsigned long dev;     // for mknod: makedev(major, minor)
+    uid_t uid;
+    gid_t gid;
+} sp_mount_op;
+
+typedef struct sp_rlimit {
+    int resource;
+    uint64_t soft;
+    uint64_t hard;
+} sp_rlimit;
+
+// Stages reported by the child when a step fails (errno travels with it).
+enum sp_stage {
+    SP_STAGE_NONE = 0,
+    SP_STAGE_CGROUP_MOVE = 1,
+    SP_STAGE_CGROUP_NS = 2,
+    SP_STAGE_HOSTNAME = 3,
+    SP_STAGE_LOOPBACK = 4,
+    SP_STAGE_MOUNT_PRIVATE = 5,
+    SP_STAGE_ROOT_TMPFS = 6,
+    SP_STAGE_MOUNT_OP = 7,        // + op index in `detail`
+    SP_STAGE_PIVOT_ROOT = 8,
+    SP_STAGE_REMOUNT_ROOT = 9,
+    SP_STAGE_INIT_CAPS = 10,
+    SP_STAGE_FORK = 11,
+    SP_STAGE_STDIO = 12,
+    SP_STAGE_CHDIR = 13,
+    SP_STAGE_RLIMIT = 14,
+    SP_STAGE_SETGROUPS = 15,
+    SP_STAGE_SETGID = 16,
+    SP_STAGE_SETUID = 17,
+    SP_STAGE_CAPS = 18,
+    SP_STAGE_NO_NEW_PRIVS = 19,
+    SP_STAGE_SECCOMP = 20,
+    SP_STAGE_EXEC = 21,
+    SP_STAGE_OOM_ADJ = 22,
+    SP_STAGE_SIGNALS = 23,
+};
+
+// Message sent once by the sandbox init to the parent on `report_fd`.
+enum sp_report_kind { SP_REPORT_EXITED = 1, SP_REPORT_SETUP_FAILED = 2 };
+typedef struct sp_report {
+    int32_t kind;
+    int32_t stage;         // for SETUP_FAILED
+    int32_t err;           // errno for SETUP_FAILED
+    int32_t detail;        // op index for SP_STAGE_MOUNT_OP
+    int32_t wait_status;   // raw wait status of the program (EXITED)
+    int32_t pad;
+    int64_t exit_ns;       // CLOCK_MONOTONIC when the program was reaped
+    int64_t base_read_bytes;   // init's own /proc/self/io before the program started
+    int64_t base_write_bytes;
+} sp_report;
+
+// Record sent by the program's process on `exec_fd` just before execve; a
+// second record follows only if execve (or a step before it) failed.
+typedef struct sp_exec_record {
+    int32_t stage;   // SP_STAGE_NONE for the timestamp record
+    int32_t err;
+    int64_t t_ns;    // CLOCK_MONOTONIC just before execve
+} sp_exec_record;
+
+typedef struct sp_launch_spec {
+    // cgroup placement
+    int cgroup_fd;                         // >= 0: clone3(CLONE_INTO_CGROUP)
+    const char *const *cgroup_task_files;  // NULL-terminated; child writes "0" to each (v1)
+    // namespaces (CLONE_NEW* flags, without CLONE_NEWCGROUP which is unshared after placement)
+    uint64_t ns_flags;
+    int new_cgroup_ns;
+    const char *hostname;
+    int loopback_up;
+    // filesystem
+    const char *new_root;                  // an existing directory; a tmpfs is mounted on it
+    const char *root_tmpfs_options;
+    const sp_mount_op *ops;
+    size_t nops;
+    // the program
+    const char *exe;
+    char *const *argv;
+    char *const *envp;
+    const char *cwd;
+    uid_t uid;
+    gid_t gid;
+    const sp_rlimit *rlimits;
+    size_t nrlimits;
+    const void *filter;                    // struct sock_filter[] (BPF), may be NULL
+    unsigned short filter_len;             // number of instructions
+    int last_cap;                          // highest capability number the kernel knows
+    // descriptors (all owned by the parent; the child closes what it does not keep)
+    int stdin_fd, stdout_fd, stderr_fd;
+    int exec_fd;                           // write end, CLOEXEC
+    int report_fd;                         // write end
+    int release_fd;                        // read end; EOF means the parent is gone
+} sp_launch_spec;
+
+/// Starts the sandbox init with clone3(). Returns its pid (> 0) and its pidfd in
+/// *pidfd_out, or -errno. Only the parent returns.
+pid_t sp_launch(const sp_launch_spec *spec, int *pidfd_out);
+
+/// pidfd_send_signal(2).
+int sp_pidfd_send_signal(int pidfd, int sig);
+/// waitid(P_PIDFD, pidfd, ..., WEXITED | options). Returns 0 and fills status/code.
+int sp_pidfd_wait(int pidfd, int options, int *code_out, int *status_out);
+/// True when clone3 with CLONE_INTO_CGROUP is known to the kernel (probe with an invalid fd).
+int sp_have_clone_into_cgroup(void);
+
+/// Reads `/proc/thread-self/net/dev` from inside the network namespace `nsfd`,
+/// on a short-lived helper thread (setns affects only the calling thread).
+/// Returns bytes read or -errno.
+ssize_t sp_read_netdev_in_ns(int nsfd, char *buf, size_t len);
+
+/// Exports the seccomp program built by libseccomp from a policy. `rules` is
+/// an array of syscall names; `clone_ns_mask` denies clone() with any of those
+/// flags; clone3 fails with ENOSYS so that libc falls back to clone().
+/// Returns the number of BPF instructions written into *out (malloc'ed), or -errno.
+int sp_seccomp_build(const char *const *denied, size_t ndenied, uint64_t clone_ns_mask,
+                     int deny_errno, void **out, size_t *out_bytes);
+
+/// Attaches `backing_fd` to a free loop device with LOOP_CONFIGURE and
+/// LO_FLAGS_AUTOCLEAR. Returns the loop fd and its number in *index, or -errno.
+int sp_loop_attach(int backing_fd, int *index);
+
+/// The highest capability the running kernel knows (libcap's cap_max_bits - 1).
+int sp_last_cap(void);
+/// CapEff of the calling thread is empty etc. (for doctor/tests): returns capability sets.
+int sp_seccomp_available(void);
+
+/// Wrapper for copy of data extents between files (SEEK_DATA / SEEK_HOLE).
+int sp_copy_sparse(int from_fd, int to_fd, uint64_t size);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
