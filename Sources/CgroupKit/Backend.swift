@@ -148,7 +148,7 @@ public enum Cgroups {
 /// Holds the one backend of this process (detection and prepare() run once).
 enum SharedBackend {
     nonisolated(unsafe) private static var value: (any CgroupBackend)?
-    private static let lock: UnsafeMutablePointer<pthread_mutex_t> = {
+    nonisolated(unsafe) private static let lock: UnsafeMutablePointer<pthread_mutex_t> = {
         let m = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
         pthread_mutex_init(m, nil)
         return m
