@@ -168,3 +168,16 @@ int sp_copy_sparse(int from_fd, int to_fd, uint64_t size) {
     if (ftruncate(to_fd, (off_t)size) < 0) return -errno;
     return 0;
 }
+
+int sp_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC) < 0 ? -errno : 0; }
+
+int sp_memfd(const char *name) { int fd = memfd_create(name, MFD_CLOEXEC); return fd < 0 ? -errno : fd; }
+
+uint64_t sp_sandbox_ns_flags(void) {
+    return CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS;
+}
+
+int sp_open_tmpfile(const char *dir) {
+    int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+    return fd < 0 ? -errno : fd;
+}

@@ -279,8 +279,9 @@ static _Noreturn void sp_init_main(const sp_launch_spec *s) {
             if (sp_write_file(*f, "0") < 0) sp_init_fail(s, SP_STAGE_CGROUP_MOVE, (int)(f - s->cgroup_task_files));
     }
     if (s->new_cgroup_ns && unshare(CLONE_NEWCGROUP) < 0) sp_init_fail(s, SP_STAGE_CGROUP_NS, 0);
-    // The OOM killer must pick the program, never the init that reports on it.
-    if (sp_write_file("/proc/self/oom_score_adj", "-1000") < 0) sp_init_fail(s, SP_STAGE_OOM_ADJ, 0);
+    // The OOM killer should pick the program, not the init that reports on it. Needs
+    // CAP_SYS_RESOURCE; without it the parent still tells an OOM kill from the counters.
+    (void)sp_write_file("/proc/self/oom_score_adj", "-1000");
     if (s->hostname && sethostname(s->hostname, strlen(s->hostname)) < 0) sp_init_fail(s, SP_STAGE_HOSTNAME, 0);
     if (s->loopback_up && sp_loopback_up() < 0) sp_init_fail(s, SP_STAGE_LOOPBACK, 0);
 

@@ -16,6 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <sys/epoll.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -177,6 +178,14 @@ int sp_seccomp_available(void);
 
 /// Wrapper for copy of data extents between files (SEEK_DATA / SEEK_HOLE).
 int sp_copy_sparse(int from_fd, int to_fd, uint64_t size);
+
+/// pipe2(O_CLOEXEC) and memfd_create(MFD_CLOEXEC), which Swift's Glibc module does not export.
+int sp_pipe_cloexec(int fds[2]);
+int sp_memfd(const char *name);
+/// CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS.
+uint64_t sp_sandbox_ns_flags(void);
+/// open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC): a file with no name, gone when closed.
+int sp_open_tmpfile(const char *dir);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,120 @@
+import ArgumentParser
+import CgroupKit
+import Foundation
+import Logging
+import Sandbox
+
+@main
+struct Sandpit: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "sandpit",
+        abstract: "Run untrusted Python in a sandbox and report what it cost, from the kernel's own counters.",
+        subcommands: [Run.self, Doctor.self])
+}
+
+struct Run: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run a Python program (FILE, -c CODE, or - for standard input) in a fresh sandbox.")
+
+    @Argument(help: "A Python file, or - to read the program from standard input.")
+    var file: String?
+    @Argument(parsing: .postTerminator, help: "Arguments passed to the program (after --).")
+    var args: [String] = []
+    @Option(name: .customShort("c"), help: "Program text.")
+    var code: String?
+    @Flag(help: "Print the result object as JSON.")
+    var json = false
+    @Option(help: "Wall-clock limit in seconds.") var timeLimit: Double = 10
+    @Option(help: "CPU time limit (user + system, all tasks) in seconds.") var cpuLimit: Double = 10
+    @Option(help: "Memory limit in bytes.") var memoryLimit: UInt64 = 512 << 20
+    @Option(help: "Maximum number of tasks (processes and threads).") var pidsLimit: UInt64 = 128
+    @Option(help: "Cap of stdout and of stderr, each, in bytes.") var outputLimit: Int = 1 << 20
+    @Option(help: "Size of the scratch filesystem (/tmp and /work) in bytes.") var scratchSize: UInt64 = 128 << 20
+    @Option(help: "CPU bandwidth in cores (e.g. 0.5); default: no quota.") var cpus: Double?
+    @Option(help: "The run's name (container_name).") var name: String = "Unnamed"
+    @Option(help: "A prepared root directory to take system directories from.") var rootfs: String = "/"
+    @Option(help: "The interpreter inside the sandbox.") var python: String = "/usr/bin/python3"
+    @Option(help: "A file whose bytes become the program's standard input.") var stdin: String?
+
+    func validate() throws {
+        if code == nil && file == nil { throw ValidationError("give a FILE, -c CODE or - (standard input)") }
+        if code != nil && file != nil && file != "-" {
+            throw ValidationError("give either FILE or -c CODE, not both")
+        }
+        if timeLimit <= 0 || cpuLimit <= 0 { throw ValidationError("time limits must be positive") }
+        if memoryLimit < 8 << 20 { throw ValidationError("--memory-limit must be at least 8 MiB") }
+        if pidsLimit < 1 { throw ValidationError("--pids-limit must be at least 1") }
+        if outputLimit < 0 { throw ValidationError("--output-limit must not be negative") }
+        if scratchSize < 4 << 20 { throw ValidationError("--scratch-size must be at least 4 MiB") }
+    }
+
+    func run() async throws {
+        LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
+        var program: String
+        if let code {
+            program = code
+        } else if file == "-" {
+            program = String(decoding: FileHandle.standardInput.readDataToEndOfFile(), as: UTF8.self)
+        } else {
+            guard let data = FileManager.default.contents(atPath: file!) else {
+                throw ValidationError("cannot read \(file!)")
+            }
+            program = String(decoding: data, as: UTF8.self)
+        }
+        var req = ExecutionRequest(code: program)
+        req.args = args
+        req.name = name
+        req.rootfs = rootfs
+        req.python = python
+        req.limits.wallSeconds = timeLimit
+        req.limits.cpuSeconds = cpuLimit
+        req.limits.memoryBytes = memoryLimit
+        req.limits.pids = pidsLimit
+        req.limits.outputBytes = outputLimit
+        req.limits.scratchBytes = scratchSize
+        req.limits.cpuCores = cpus
+        if let stdin {
+            guard let data = FileManager.default.contents(atPath: stdin) else { throw ValidationError("cannot read \(stdin)") }
+            req.stdin = Array(data)
+        }
+        var logger = Logger(label: "sandpit")
+        logger.logLevel = .warning
+        let sandbox = Sandbox(logger: logger)
+        let result = await sandbox.run(req)
+        if json {
+            print(result.jsonString(pretty: true))
+        } else {
+            FileHandle.standardOutput.write(Data(result.output.utf8))
+            if let e = result.error { FileHandle.standardError.write(Data(e.utf8)) }
+            FileHandle.standardError.write(Data(MetricsTable.render(result).utf8))
+        }
+        throw ExitCode(Int32(exitStatus(result)))
+    }
+
+    func exitStatus(_ r: ExecutionResult) -> Int {
+        if r.status == .internalError { return 125 }
+        return r.exitCode ?? 1
+    }
+}
+
+enum MetricsTable {
+    static func render(_ r: ExecutionResult) -> String {
+        func f(_ v: Double?, _ digits: Int = 3) -> String { v.map { String(format: "%.\(digits)f", $0) } ?? "-" }
+        func b(_ v: Int64?) -> String {
+            guard let v else { return "-" }
+            if v >= 1 << 20 { return String(format: "%.1f MiB", Double(v) / 1048576) }
+            if v >= 1 << 10 { return String(format: "%.1f KiB", Double(v) / 1024) }
+            return "\(v) B"
+        }
+        var lines = ["", "── sandpit \(r.containerID.prefix(12)) (\(r.containerName)) ──"]
+        lines.append("status \(r.status.rawValue)  exit \(r.exitCode.map(String.init) ?? "-")  wall \(f(r.executionTime)) s"
+            + (r.signal.map { "  signal \($0)" } ?? ""))
+        lines.append("cpu    user \(f(r.cpuUserTime)) s  sys \(f(r.cpuSystemTime)) s  \(f(r.cpuPercent, 1)) %")
+        lines.append("memory peak \(b(r.memoryPeak))  now \(b(r.memoryUsage))  limit \(b(r.memoryLimit))  \(f(r.memoryPercent, 1)) %")
+        lines.append("io     read \(b(r.blockIORead))  write \(b(r.blockIOWrite))  net rx \(b(r.networkIORx)) tx \(b(r.networkIOTx))  tasks \(r.pidsCount.map(String.init) ?? "-")")
+        if r.stdoutTruncated || r.stderrTruncated {
+            lines.append("output truncated: stdout \(r.stdoutTruncated) stderr \(r.stderrTruncated)")
+        }
+        return lines.joined(separator: "\n") + "\n"
+    }
+}

@@ -1,0 +1,53 @@
+/// Limits of one run, in the CLI's and API's units (seconds and bytes).
+public struct RunLimits: Sendable, Equatable, Codable {
+    public var wallSeconds: Double = 10
+    public var cpuSeconds: Double = 10
+    public var memoryBytes: UInt64 = 512 << 20
+    public var pids: UInt64 = 128
+    /// Cap of each of stdout and stderr.
+    public var outputBytes: Int = 1 << 20
+    public var scratchBytes: UInt64 = 128 << 20
+    /// Optional CPU bandwidth in cores (e.g. 0.5); nil = no quota.
+    public var cpuCores: Double?
+
+    public init() {}
+}
+
+/// One execution request.
+public struct ExecutionRequest: Sendable {
+    public var code: String
+    public var stdin: [UInt8] = []
+    public var args: [String] = []
+    public var name: String = "Unnamed"
+    public var limits = RunLimits()
+    /// Root directory whose system directories are bound read-only into the sandbox ("/" = the host's).
+    public var rootfs: String = "/"
+    public var python: String = "/usr/bin/python3"
+
+    public init(code: String) {
+        self.code = code
+    }
+}
+
+/// Process-wide settings of the sandbox.
+public struct SandboxSettings: Sendable {
+    /// State directory: the mount point of run roots and scratch templates.
+    public var stateDirectory: String
+    public var uid: UInt32 = 65534
+    public var gid: UInt32 = 65534
+    public var hostname = "sandpit"
+
+    public init(stateDirectory: String? = nil) {
+        if let s = stateDirectory {
+            self.stateDirectory = s
+        } else if let env = getenv("SANDPIT_STATE_DIR") {
+            self.stateDirectory = String(cString: env)
+        } else {
+            self.stateDirectory = "/var/lib/sandpit"
+        }
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif

@@ -1,0 +1,161 @@
+import CSandpit
+import CgroupKit
+import Foundation
+
+/// CLOCK_MONOTONIC in nanoseconds (the clock the C side stamps with).
+@inline(__always) func monotonicNanos() -> Int64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
+}
+
+/// One run from cgroup creation to teardown. Lives on one dedicated thread.
+final class Execution {
+    enum KillReason { case wallTime, cpuTime, output }
+
+    let sandbox: Sandbox
+    let request: ExecutionRequest
+    let id: String
+    let backend: any CgroupBackend
+    let run: RunCgroup
+    let scratch: Scratch
+    // parent ends
+    let stdoutR: Int32, stderrR: Int32, execR: Int32, reportR: Int32, releaseW: Int32
+    // child ends (closed after launch)
+    let stdinFD: Int32, stdoutW: Int32, stderrW: Int32, execW: Int32, reportW: Int32, releaseR: Int32
+    var pid: pid_t = 0
+    var pidfd: Int32 = -1
+    var nsfd: Int32 = -1
+    var launchNs: Int64 = 0
+    var launchError: String?
+
+    init(sandbox: Sandbox, request: ExecutionRequest, id: String) throws {
+        self.sandbox = sandbox
+        self.request = request
+        self.id = id
+        let root = request.rootfs == "/" ? "" : request.rootfs
+        guard access(root + request.python, X_OK) == 0 else {
+            throw SandboxError(.invalid, "interpreter \(request.python) is not executable in root \(request.rootfs)", errno: errno)
+        }
+        backend = try Cgroups.shared()
+        let limits = request.limits
+        var cg = CgroupLimits(memoryBytes: limits.memoryBytes, pidsMax: limits.pids + 1)  // + the init
+        if let cores = limits.cpuCores { cg.cpuQuotaUsec = UInt64(max(1000, cores * 100_000)) }
+        run = try backend.createRun(name: RunName.make(id: id), limits: cg)
+        do {
+            scratch = try Scratch.make(stateDirectory: sandbox.settings.stateDirectory, size: limits.scratchBytes)
+        } catch {
+            try? backend.remove(run)
+            throw error
+        }
+        func pipe() -> (Int32, Int32) {
+            var fds: [Int32] = [-1, -1]
+            _ = sp_pipe_cloexec(&fds)
+            return (fds[0], fds[1])
+        }
+        (stdoutR, stdoutW) = pipe()
+        (stderrR, stderrW) = pipe()
+        (execR, execW) = pipe()
+        (reportR, reportW) = pipe()
+        (releaseR, releaseW) = pipe()
+        for fd in [stdoutR, stderrR, execR, reportR] { _ = fcntl(fd, F_SETFL, O_NONBLOCK) }
+        stdinFD = sp_memfd("sandpit-stdin")
+        if stdinFD >= 0 && !request.stdin.isEmpty {
+            _ = request.stdin.withUnsafeBytes { write(stdinFD, $0.baseAddress, $0.count) }
+            lseek(stdinFD, 0, SEEK_SET)
+        }
+    }
+
+    /// BLAS/OpenMP pools sized from the run's CPU and task limits, so that
+    /// `import numpy` neither oversubscribes the CPU quota nor hits pids.max.
+    static func threadCount(limits: RunLimits) -> Int {
+        let cpus = max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN)))
+        var n = cpus
+        if let c = limits.cpuCores { n = min(n, max(1, Int(c.rounded(.up)))) }
+        n = min(n, max(1, Int(limits.pids / 8)))
+        return n
+    }
+
+    func environment() -> [String] {
+        let t = Self.threadCount(limits: request.limits)
+        return ["PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/work", "LANG=C.UTF-8", "TMPDIR=/tmp",
+                "PYTHONUNBUFFERED=1", "PYTHONDONTWRITEBYTECODE=1",
+                "OPENBLAS_NUM_THREADS=\(t)", "OMP_NUM_THREADS=\(t)", "MKL_NUM_THREADS=\(t)"]
+    }
+
+    func start() {
+        let s = sandbox.settings
+        let arena = CArena()
+        let plan = RootPlan(newRoot: s.stateDirectory + "/root", sourceRoot: request.rootfs,
+                            scratchDevice: scratch.devicePath, code: Array(request.code.utf8),
+                            uid: s.uid, gid: s.gid, hostname: s.hostname,
+                            shmBytes: min(64 << 20, request.limits.memoryBytes / 2))
+        let ops: [sp_mount_op] = plan.ops.map { op in
+            var c = sp_mount_op()
+            c.kind = op.kind.rawValue
+            c.flags = op.flags
+            c.src = op.src.map { arena.string($0) }
+            c.dst = arena.string(op.dst)
+            c.data = op.data.isEmpty ? nil : arena.bytes(op.data)
+            c.datalen = op.data.count
+            c.mode = op.mode
+            c.dev = UInt(op.dev)
+            c.uid = op.uid
+            c.gid = op.gid
+            return c
+        }
+        let lim = request.limits
+        let cpuRlimit = UInt64(lim.cpuSeconds.rounded(.up)) + 1
+        let rlimits: [sp_rlimit] = [
+            sp_rlimit(resource: Int32(RLIMIT_CORE.rawValue), soft: 0, hard: 0),
+            sp_rlimit(resource: Int32(RLIMIT_NOFILE.rawValue), soft: 1024, hard: 1024),
+            sp_rlimit(resource: Int32(RLIMIT_FSIZE.rawValue), soft: lim.scratchBytes, hard: lim.scratchBytes),
+            sp_rlimit(resource: Int32(RLIMIT_STACK.rawValue), soft: 8 << 20, hard: 8 << 20),
+            // Backstop only: the supervisor enforces the CPU limit on the whole group.
+            sp_rlimit(resource: Int32(RLIMIT_CPU.rawValue), soft: cpuRlimit, hard: cpuRlimit + 1),
+        ]
+        let argv = [request.python, "-s", "/work/main.py"] + request.args
+        var spec = sp_launch_spec()
+        spec.cgroup_fd = run.directoryFD
+        spec.cgroup_task_files = run.taskFiles.isEmpty ? nil
+            : UnsafePointer(UnsafeMutableRawPointer(arena.stringArray(run.taskFiles)).assumingMemoryBound(to: UnsafePointer<CChar>?.self))
+        spec.ns_flags = sp_sandbox_ns_flags()
+        spec.new_cgroup_ns = 1
+        spec.hostname = arena.string(s.hostname)
+        spec.loopback_up = 1
+        spec.new_root = arena.string(plan.newRoot)
+        spec.root_tmpfs_options = arena.string("mode=755,size=1m,nr_inodes=512")
+        spec.ops = UnsafePointer(arena.array(ops))
+        spec.nops = ops.count
+        spec.exe = arena.string(request.python)
+        spec.argv = UnsafePointer(arena.stringArray(argv))
+        spec.envp = UnsafePointer(arena.stringArray(environment()))
+        spec.cwd = arena.string("/work")
+        spec.uid = s.uid
+        spec.gid = s.gid
+        spec.rlimits = UnsafePointer(arena.array(rlimits))
+        spec.nrlimits = rlimits.count
+        let prog = SeccompPolicy.program
+        spec.filter = prog.pointer
+        spec.filter_len = UInt16(prog.instructions)
+        spec.last_cap = sp_last_cap()
+        spec.stdin_fd = stdinFD
+        spec.stdout_fd = stdoutW
+        spec.stderr_fd = stderrW
+        spec.exec_fd = execW
+        spec.report_fd = reportW
+        spec.release_fd = releaseR
+
+        launchNs = monotonicNanos()
+        var fd: Int32 = -1
+        let r = withExtendedLifetime(arena) { sp_launch(&spec, &fd) }
+        for f in [stdinFD, stdoutW, stderrW, execW, reportW, releaseR] { close(f) }
+        if r < 0 {
+            launchError = "clone3: \(String(cString: strerror(-r)))"
+            return
+        }
+        pid = r
+        pidfd = fd
+        nsfd = open("/proc/\(r)/ns/net", O_RDONLY | O_CLOEXEC)
+    }
+}

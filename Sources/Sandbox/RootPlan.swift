@@ -1,0 +1,124 @@
+import CSandpit
+import Foundation
+
+/// One step of building the sandbox's root, executed in order by the init in C.
+public struct MountOp: Sendable, Equatable {
+    public enum Kind: Int32, Sendable {
+        case mkdir = 1, bind, symlink, tmpfs, proc, mknod, file, blockfs, chown, umount, rmdir, touch
+    }
+    public var kind: Kind
+    public var flags: Int32 = 0
+    public var src: String?
+    public var dst: String
+    public var data: [UInt8] = []
+    public var mode: UInt32 = 0o755
+    public var dev: UInt = 0
+    public var uid: UInt32 = UInt32.max
+    public var gid: UInt32 = UInt32.max
+}
+
+/// The filesystem of a run, as a plan: a tmpfs root holding read-only binds of a
+/// source root's system directories ("/" or a prepared --rootfs), a fresh /proc,
+/// a minimal /dev, and /tmp and /work on the run's block-backed scratch.
+public struct RootPlan: Sendable {
+    public var ops: [MountOp] = []
+    public let newRoot: String
+
+    /// Top-level directories taken from the source root (symlinks are recreated as such).
+    static let systemDirs = ["usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32"]
+    /// /etc entries the runtime needs; /etc itself (shadow, the host's config) is never exposed.
+    static let etcEntries = ["alternatives", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "ssl", "ca-certificates",
+                             "localtime", "mime.types", "python3", "python3.11", "python3.12", "python3.13", "os-release"]
+
+    public init(newRoot: String, sourceRoot: String, scratchDevice: String, code: [UInt8],
+                uid: UInt32, gid: UInt32, hostname: String, shmBytes: UInt64) {
+        self.newRoot = newRoot
+        let r = newRoot
+        let src = sourceRoot == "/" ? "" : sourceRoot
+        func add(_ op: MountOp) { ops.append(op) }
+
+        for d in Self.systemDirs {
+            let hostPath = src + "/" + d
+            if let target = try? FileManager.default.destinationOfSymbolicLink(atPath: hostPath) {
+                add(MountOp(kind: .symlink, src: target, dst: "\(r)/\(d)"))
+            } else if SysDir.isDirectory(hostPath) {
+                add(MountOp(kind: .mkdir, dst: "\(r)/\(d)"))
+                add(MountOp(kind: .bind, flags: SP_BIND_RO, src: hostPath, dst: "\(r)/\(d)"))
+            }
+        }
+        add(MountOp(kind: .mkdir, dst: "\(r)/etc"))
+        for e in Self.etcEntries {
+            let hostPath = src + "/etc/" + e
+            if let target = try? FileManager.default.destinationOfSymbolicLink(atPath: hostPath) {
+                add(MountOp(kind: .symlink, src: target, dst: "\(r)/etc/\(e)"))
+            } else if SysDir.isDirectory(hostPath) {
+                add(MountOp(kind: .mkdir, dst: "\(r)/etc/\(e)"))
+                add(MountOp(kind: .bind, flags: SP_BIND_RO, src: hostPath, dst: "\(r)/etc/\(e)"))
+            } else if access(hostPath, R_OK) == 0 {
+                add(MountOp(kind: .touch, dst: "\(r)/etc/\(e)", mode: 0o644))
+                add(MountOp(kind: .bind, flags: SP_BIND_RO, src: hostPath, dst: "\(r)/etc/\(e)"))
+            }
+        }
+        let files: [(String, String)] = [
+            ("passwd", "root:x:0:0:root:/:/usr/sbin/nologin\nsandbox:x:\(uid):\(gid):sandbox:/work:/bin/sh\n"),
+            ("group", "root:x:0:\nsandbox:x:\(gid):\n"),
+            ("hostname", hostname + "\n"),
+            ("hosts", "127.0.0.1\tlocalhost \(hostname)\n::1\tlocalhost ip6-localhost\n"),
+            ("resolv.conf", ""),
+            ("nsswitch.conf", "passwd: files\ngroup: files\nhosts: files\n"),
+        ]
+        for (name, content) in files {
+            add(MountOp(kind: .file, dst: "\(r)/etc/\(name)", data: Array(content.utf8), mode: 0o644))
+        }
+
+        // /proc of the run's pid namespace; /proc/sys read-only.
+        add(MountOp(kind: .mkdir, dst: "\(r)/proc"))
+        add(MountOp(kind: .proc, dst: "\(r)/proc"))
+        add(MountOp(kind: .bind, flags: SP_BIND_RO, src: "\(r)/proc/sys", dst: "\(r)/proc/sys"))
+
+        // A minimal /dev.
+        add(MountOp(kind: .mkdir, dst: "\(r)/dev"))
+        add(MountOp(kind: .tmpfs, flags: Int32(MS_NOSUID | MS_NOEXEC), dst: "\(r)/dev",
+                    data: Array("mode=755,size=64k,nr_inodes=64\0".utf8)))
+        for (name, minor) in [("null", 3), ("zero", 5), ("full", 7), ("random", 8), ("urandom", 9)] {
+            add(MountOp(kind: .mknod, dst: "\(r)/dev/\(name)", mode: 0o666, dev: UInt(makedevice(1, UInt32(minor)))))
+        }
+        for (name, target) in [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
+                               ("stderr", "/proc/self/fd/2")] {
+            add(MountOp(kind: .symlink, src: target, dst: "\(r)/dev/\(name)"))
+        }
+        add(MountOp(kind: .mkdir, dst: "\(r)/dev/shm"))
+        add(MountOp(kind: .tmpfs, flags: Int32(MS_NOSUID | MS_NODEV), dst: "\(r)/dev/shm",
+                    data: Array("mode=1777,size=\(shmBytes)\0".utf8)))
+
+        // Scratch: the run's own ext4 on its loop device, exposed as /tmp and /work.
+        let s = "\(r)/.scratch"
+        add(MountOp(kind: .mkdir, dst: s, mode: 0o700))
+        add(MountOp(kind: .blockfs, flags: Int32(MS_NOSUID | MS_NODEV), src: scratchDevice, dst: s,
+                    data: Array("ext4\0".utf8)))
+        add(MountOp(kind: .mkdir, dst: "\(s)/tmp", mode: 0o1777))
+        add(MountOp(kind: .chown, dst: "\(s)/tmp", mode: 0o1777, uid: 0, gid: 0))
+        add(MountOp(kind: .mkdir, dst: "\(s)/work", mode: 0o755))
+        add(MountOp(kind: .chown, dst: "\(s)/work", mode: 0o755, uid: uid, gid: gid))
+        add(MountOp(kind: .file, dst: "\(s)/work/main.py", data: code, mode: 0o444, uid: uid, gid: gid))
+        for d in ["tmp", "work"] {
+            add(MountOp(kind: .mkdir, dst: "\(r)/\(d)"))
+            add(MountOp(kind: .bind, src: "\(s)/\(d)", dst: "\(r)/\(d)"))
+        }
+        add(MountOp(kind: .umount, dst: s))
+        add(MountOp(kind: .rmdir, dst: s))
+    }
+}
+
+enum SysDir {
+    static func isDirectory(_ path: String) -> Bool {
+        var st = stat()
+        return lstat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR
+    }
+}
+
+@inline(__always) func makedevice(_ major: UInt32, _ minor: UInt32) -> UInt64 {
+    // glibc's gnu_dev_makedev layout
+    (UInt64(major & 0xfffff000) << 32) | (UInt64(major & 0xfff) << 8)
+        | (UInt64(minor & 0xffffff00) << 12) | UInt64(minor & 0xff)
+}

@@ -1,0 +1,303 @@
+import CSandpit
+import CgroupKit
+import Foundation
+
+/// Bytes captured from one stream, up to its cap.
+struct Capture {
+    var bytes: [UInt8] = []
+    var truncated = false
+    var eof = false
+    let cap: Int
+
+    /// Reads what is available; returns false when the cap was exceeded.
+    mutating func drain(_ fd: Int32) -> Bool {
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n > 0 {
+                let room = cap - bytes.count
+                if n > room {
+                    bytes.append(contentsOf: buf[0..<max(0, room)])
+                    truncated = true
+                    return false
+                }
+                bytes.append(contentsOf: buf[0..<n])
+                continue
+            }
+            if n == 0 { eof = true }
+            if n < 0 && errno == EINTR { continue }
+            return true
+        }
+    }
+}
+
+extension Execution {
+    /// Supervises the run until its init has exited, then reads the counters, tears
+    /// everything down and fills the result. Limits are checked with millisecond
+    /// precision: wall time by epoll timeouts, CPU time by reading the group's usage
+    /// at the earliest moment the limit could be reached (remaining / CPUs).
+    func supervise(into initial: ExecutionResult) -> ExecutionResult {
+        var result = initial
+        defer { teardown() }
+        if let e = launchError {
+            result.status = .internalError
+            result.error = "sandbox launch failed: \(e)"
+            return result
+        }
+        let lim = request.limits
+        var out = Capture(cap: lim.outputBytes), err = Capture(cap: lim.outputBytes)
+        var execNs: Int64?
+        var execFailure: sp_exec_record?
+        var report: sp_report?
+        var killed: KillReason?
+        var killNs: Int64?
+        var initExited = false
+        var maxTasks: UInt64 = 0
+
+        let ep = epoll_create1(Int32(EPOLL_CLOEXEC))
+        defer { close(ep) }
+        for fd in [stdoutR, stderrR, execR, reportR, pidfd] {
+            var ev = epoll_event()
+            ev.events = EPOLLIN.rawValue | EPOLLHUP.rawValue
+            ev.data.fd = fd
+            _ = epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev)
+        }
+        let cpuFile = run.version == .v2 ? run.directory(for: "cpu").map { $0 + "/cpu.stat" }
+            ?? run.directories[0] + "/cpu.stat" : run.directory(for: "cpuacct").map { $0 + "/cpuacct.usage" }
+        let cpuFD = cpuFile.map { open($0, O_RDONLY | O_CLOEXEC) } ?? -1
+        defer { if cpuFD >= 0 { close(cpuFD) } }
+        let pidsFD = run.directory(for: "pids").map { open($0 + "/pids.current", O_RDONLY | O_CLOEXEC) } ?? -1
+        defer { if pidsFD >= 0 { close(pidsFD) } }
+        func cpuUsedUsec() -> UInt64? {
+            guard cpuFD >= 0, let t = SysFile.pread(cpuFD) else { return nil }
+            return run.version == .v2 ? StatParse.cpuStatV2(t).usageUsec : StatParse.single(t).map { $0 / 1000 }
+        }
+        let ncpu = Int64(max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+        let wallNs = Int64(lim.wallSeconds * 1e9)
+        let cpuLimitUsec = UInt64(lim.cpuSeconds * 1e6)
+        var nextCPUCheck = launchNs
+
+        func kill(_ reason: KillReason) {
+            guard killed == nil else { return }
+            killed = reason
+            killNs = monotonicNanos()
+            _ = sp_pidfd_send_signal(pidfd, SIGKILL)  // init's death ends the whole pid namespace
+            try? backend.kill(run)
+        }
+
+        var events = [epoll_event](repeating: epoll_event(), count: 8)
+        while !initExited {
+            let now = monotonicNanos()
+            let wallDeadline = (execNs ?? launchNs) + wallNs
+            if killed == nil {
+                if now >= wallDeadline { kill(.wallTime) }
+                if now >= nextCPUCheck, let used = cpuUsedUsec() {
+                    if used >= cpuLimitUsec {
+                        kill(.cpuTime)
+                    } else {
+                        // The group cannot use the remainder faster than on every CPU at once.
+                        nextCPUCheck = now + max(1_000_000, Int64(cpuLimitUsec - used) * 1000 / ncpu)
+                    }
+                    if pidsFD >= 0, let t = SysFile.pread(pidsFD), let v = StatParse.single(t) { maxTasks = max(maxTasks, v) }
+                }
+            }
+            let deadline = killed == nil ? min(wallDeadline, nextCPUCheck) : now + 100_000_000
+            let timeoutMs = Int32(max(0, min(1000, (deadline - now + 999_999) / 1_000_000)))
+            let n = events.withUnsafeMutableBufferPointer { epoll_wait(ep, $0.baseAddress, 8, timeoutMs) }
+            if n < 0 && errno != EINTR { break }
+            for i in 0..<max(0, Int(n)) {
+                let fd = events[i].data.fd
+                if fd == stdoutR {
+                    if !out.drain(stdoutR) { kill(.output) }
+                    if out.eof { _ = epoll_ctl(ep, EPOLL_CTL_DEL, stdoutR, nil) }
+                } else if fd == stderrR {
+                    if !err.drain(stderrR) { kill(.output) }
+                    if err.eof { _ = epoll_ctl(ep, EPOLL_CTL_DEL, stderrR, nil) }
+                } else if fd == execR {
+                    var rec = sp_exec_record()
+                    while true {
+                        let n = withUnsafeMutableBytes(of: &rec) { read(execR, $0.baseAddress, $0.count) }
+                        if n == MemoryLayout<sp_exec_record>.size {
+                            if rec.stage == 0 { execNs = rec.t_ns } else { execFailure = rec }
+                            continue
+                        }
+                        if n == 0 { _ = epoll_ctl(ep, EPOLL_CTL_DEL, execR, nil) }  // exec done
+                        break
+                    }
+                } else if fd == reportR {
+                    var rep = sp_report()
+                    if withUnsafeMutableBytes(of: &rep, { read(reportR, $0.baseAddress, $0.count) }) == MemoryLayout<sp_report>.size {
+                        report = rep
+                    }
+                    _ = epoll_ctl(ep, EPOLL_CTL_DEL, reportR, nil)
+                } else if fd == pidfd {
+                    initExited = true
+                }
+            }
+        }
+        let endNs = monotonicNanos()
+        // Whatever is still in the pipes (every writer is dead once init has exited).
+        _ = out.drain(stdoutR)
+        _ = err.drain(stderrR)
+        if report == nil {
+            var rep = sp_report()
+            if withUnsafeMutableBytes(of: &rep, { read(reportR, $0.baseAddress, $0.count) }) == MemoryLayout<sp_report>.size {
+                report = rep
+            }
+        }
+        if execNs == nil || execFailure == nil {
+            var rec = sp_exec_record()
+            while withUnsafeMutableBytes(of: &rec, { read(execR, $0.baseAddress, $0.count) }) == MemoryLayout<sp_exec_record>.size {
+                if rec.stage == 0 { execNs = rec.t_ns } else { execFailure = rec }
+            }
+        }
+
+        // Counters, read while init is a zombie (its /proc/<pid>/io holds every reaped task's I/O).
+        var code: Int32 = 0, st: Int32 = 0
+        _ = sp_pidfd_wait(pidfd, WNOWAIT, &code, &st)
+        let io = SysFile.read("/proc/\(pid)/io").flatMap(StatParse.procIO)
+        var net: (rxBytes: UInt64, txBytes: UInt64)?
+        if nsfd >= 0 {
+            var buf = [CChar](repeating: 0, count: 16384)
+            let n = sp_read_netdev_in_ns(nsfd, &buf, buf.count - 1)
+            if n > 0 { net = StatParse.netDev(String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)) }
+        }
+        let stats = backend.stats(run)
+        _ = sp_pidfd_wait(pidfd, 0, &code, &st)  // reap init
+
+        // ---- map to the result ----
+        result.output = String(decoding: out.bytes, as: UTF8.self)
+        let stderrText = String(decoding: err.bytes, as: UTF8.self)
+        result.stdoutTruncated = out.truncated
+        result.stderrTruncated = err.truncated
+        let exitNs = report.map { $0.kind == SP_REPORT_EXITED.rawValue ? $0.exit_ns : endNs } ?? (killNs ?? endNs)
+        if let e = execNs { result.executionTime = max(0, Double(exitNs - e) / 1e9) }
+
+        var waitStatus: Int32?
+        if let rep = report, rep.kind == SP_REPORT_EXITED.rawValue { waitStatus = rep.wait_status }
+        if let ws = waitStatus {
+            let sig = ws & 0x7f
+            if sig == 0 {
+                result.exitCode = Int((ws >> 8) & 0xff)
+            } else {
+                result.signal = Int(sig)
+                result.exitCode = 128 + Int(sig)
+            }
+        } else if killed != nil || (stats.memory.oomKills ?? 0) > 0 {
+            result.signal = Int(SIGKILL)
+            result.exitCode = 128 + Int(SIGKILL)
+        }
+        let oomKills = stats.memory.oomKills ?? 0
+        result.oomKilled = oomKills > 0
+
+        if let rep = report, rep.kind == SP_REPORT_SETUP_FAILED.rawValue {
+            result.status = .internalError
+            result.error = "sandbox setup failed at \(Self.stageName(rep.stage, detail: rep.detail)): \(String(cString: strerror(rep.err)))"
+            result.exitCode = nil
+        } else if let f = execFailure {
+            result.status = .internalError
+            result.error = "sandbox setup failed at \(Self.stageName(f.stage, detail: 0)): \(String(cString: strerror(f.err)))"
+            result.exitCode = nil
+        } else if let k = killed {
+            switch k {
+            case .wallTime, .cpuTime:
+                result.status = .timeout
+                result.timedOut = true
+            case .output:
+                result.status = .outputLimit
+            }
+        } else if result.oomKilled && (waitStatus == nil || result.signal == Int(SIGKILL) || result.exitCode != 0) {
+            result.status = .memoryLimit
+        } else if result.signal != nil {
+            result.status = .signaled
+        } else if result.exitCode == 0 {
+            result.status = .ok
+        } else if waitStatus == nil {
+            result.status = .internalError
+            result.error = "the sandbox init ended without a report"
+        } else {
+            result.status = .runtimeError
+        }
+        result.success = result.status == .ok
+        if result.error == nil {
+            var e = stderrText
+            if e.isEmpty {
+                switch result.status {
+                case .timeout: e = killed == .cpuTime ? "CPU time limit of \(lim.cpuSeconds) s exceeded" : "wall time limit of \(lim.wallSeconds) s exceeded"
+                case .memoryLimit: e = "memory limit of \(lim.memoryBytes) bytes exceeded"
+                case .outputLimit: e = "output limit of \(lim.outputBytes) bytes exceeded"
+                default: break
+                }
+            }
+            result.error = e.isEmpty ? nil : e
+        }
+
+        // Metrics: CPU and memory from the run cgroup, I/O from the run's task accounting.
+        if let u = stats.cpu.userUsec, let s = stats.cpu.systemUsec {
+            result.cpuUserTime = Double(u) / 1e6
+            result.cpuSystemTime = Double(s) / 1e6
+            if result.executionTime > 0 {
+                result.cpuPercent = (Double(u + s) / 1e6) / result.executionTime * 100
+            }
+        } else {
+            sandbox.logger.warning("run \(id): CPU counters unavailable")
+        }
+        result.memoryPeak = stats.memory.peakBytes.map { Int64($0) }
+        result.memoryUsage = stats.memory.currentBytes.map { Int64($0) }
+        result.memoryLimit = Int64(stats.memory.limitBytes ?? lim.memoryBytes)
+        if let p = result.memoryPeak, let l = result.memoryLimit, l > 0 {
+            result.memoryPercent = Double(p) / Double(l) * 100
+        }
+        if result.memoryPeak == nil { sandbox.logger.warning("run \(id): memory peak unavailable (memory.peak needs Linux >= 5.19)") }
+        if let io, let rep = report {
+            result.blockIORead = Int64(io.readBytes) - max(0, rep.base_read_bytes)
+            result.blockIOWrite = Int64(io.writeBytes) - max(0, rep.base_write_bytes)
+            result.blockIORead = max(0, result.blockIORead ?? 0)
+            result.blockIOWrite = max(0, result.blockIOWrite ?? 0)
+        } else if let io {
+            result.blockIORead = Int64(io.readBytes)
+            result.blockIOWrite = Int64(io.writeBytes)
+        } else {
+            sandbox.logger.warning("run \(id): /proc/\(pid)/io unavailable (CONFIG_TASK_IO_ACCOUNTING)")
+        }
+        if let net {
+            result.networkIORx = Int64(net.rxBytes)
+            result.networkIOTx = Int64(net.txBytes)
+        } else {
+            sandbox.logger.warning("run \(id): network counters unavailable")
+        }
+        if let peak = stats.pids.peak {
+            result.pidsCount = Int64(max(1, peak) - 1)  // the sandbox init is not the program's
+        } else if maxTasks > 0 {
+            result.pidsCount = Int64(maxTasks - 1)
+        }
+        return result
+    }
+
+    /// Ends whatever is left and frees every resource of the run.
+    func teardown() {
+        if pidfd >= 0 {
+            if !backend.processes(run).isEmpty { try? backend.kill(run) }
+            var code: Int32 = 0, st: Int32 = 0
+            _ = sp_pidfd_send_signal(pidfd, SIGKILL)
+            _ = sp_pidfd_wait(pidfd, 0, &code, &st)
+            close(pidfd)
+            pidfd = -1
+        }
+        for fd in [stdoutR, stderrR, execR, reportR, releaseW, nsfd] where fd >= 0 { close(fd) }
+        nsfd = -1
+        do { try backend.remove(run) } catch { sandbox.logger.error("run \(id): \(error)") }
+        scratch.release()
+    }
+
+    static func stageName(_ stage: Int32, detail: Int32) -> String {
+        let names: [Int32: String] = [
+            1: "cgroup placement", 2: "cgroup namespace", 3: "sethostname", 4: "loopback up",
+            5: "mount --make-rprivate /", 6: "root tmpfs", 7: "mount plan step \(detail)", 8: "pivot_root",
+            9: "read-only root", 10: "init capabilities", 11: "fork", 12: "stdio", 13: "chdir", 14: "setrlimit",
+            15: "setgroups", 16: "setgid", 17: "setuid", 18: "capabilities", 19: "no_new_privs", 20: "seccomp",
+            21: "execve", 22: "oom_score_adj", 23: "signals",
+        ]
+        return names[stage] ?? "stage \(stage)"
+    }
+}
