@@ -233,7 +233,12 @@ extension Execution {
         }
 
         // Metrics: CPU and memory from the run cgroup, I/O from the run's task accounting.
-        if let u = stats.cpu.userUsec, let s = stats.cpu.systemUsec {
+        if var u = stats.cpu.userUsec, var s = stats.cpu.systemUsec {
+            // The group's counters include the init's set-up work before the program existed.
+            if let rep = report, rep.kind == SP_REPORT_EXITED.rawValue {
+                u -= min(u, UInt64(max(0, rep.base_user_usec)))
+                s -= min(s, UInt64(max(0, rep.base_sys_usec)))
+            }
             result.cpuUserTime = Double(u) / 1e6
             result.cpuSystemTime = Double(s) / 1e6
             if result.executionTime > 0 {

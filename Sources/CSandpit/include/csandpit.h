@@ -101,6 +101,8 @@ typedef struct sp_report {
     int64_t exit_ns;       // CLOCK_MONOTONIC when the program was reaped
     int64_t base_read_bytes;   // init's own /proc/self/io before the program started
     int64_t base_write_bytes;
+    int64_t base_user_usec;    // init's own CPU time before the program started (set-up work)
+    int64_t base_sys_usec;
 } sp_report;
 
 // Record sent by the program's process on `exec_fd` just before execve; a

@@ -1,0 +1,289 @@
+import CgroupKit
+import Foundation
+import Testing
+@testable import Sandbox
+
+enum Env {
+    static let isRoot = geteuid() == 0
+    static let inCI = ProcessInfo.processInfo.environment["CI"] == "true"
+    static let inVM = ProcessInfo.processInfo.environment["SANDPIT_IN_VM"] == "1"
+    static var shouldRun: Bool { isRoot || inCI }
+    /// Runs in a row for the leftovers test (200 here; fewer in the emulated VM where python starts in ~2 s).
+    static var soakRuns: Int { Int(ProcessInfo.processInfo.environment["SANDPIT_SOAK_RUNS"] ?? "") ?? (inVM ? 20 : 200) }
+    /// Emulation in the VM makes every python start take seconds.
+    static var slow: Double { inVM ? 20 : 1 }
+}
+
+@Suite("Result object (unit)")
+struct ResultObjectTests {
+    @Test func jsonHasExactlyTheFields() throws {
+        var r = ExecutionResult(containerID: "abc", containerName: "Unnamed", startedAt: Date(timeIntervalSince1970: 0))
+        r.output = "a\u{0}b\u{FFFD}"
+        let json = r.jsonString()
+        let obj = try #require(try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any])
+        let spec = ["success", "output", "error", "container_id", "container_name", "execution_time", "exit_code",
+                    "cpu_user_time", "cpu_system_time", "cpu_percent", "memory_usage", "memory_peak", "memory_percent",
+                    "memory_limit", "block_io_read", "block_io_write", "network_io_rx", "network_io_tx", "pids_count"]
+        let ours = ["status", "signal", "oom_killed", "timed_out", "stdout_truncated", "stderr_truncated", "started_at"]
+        #expect(Set(obj.keys) == Set(spec + ours))
+        #expect(obj["memory_peak"] is NSNull)  // unknown metrics are null, not absent
+        #expect(obj["started_at"] as? String == "1970-01-01T00:00:00.000Z")
+        let back = try JSONDecoder().decode(ExecutionResult.self, from: Data(json.utf8))
+        #expect(back == r)
+    }
+
+    @Test func threadPoolsFollowLimits() {
+        var l = RunLimits()
+        l.pids = 8
+        #expect(Execution.threadCount(limits: l) == 1)
+        l.pids = 128
+        l.cpuCores = 0.5
+        #expect(Execution.threadCount(limits: l) == 1)
+    }
+
+    @Test func seccompPolicyBuilds() {
+        #expect(SeccompPolicy.program.instructions > SeccompPolicy.denied.count)
+        #expect(SeccompPolicy.denied.contains("io_uring_setup"))
+    }
+}
+
+@Suite("sandpit run (root, real sandbox)", .enabled(if: Env.shouldRun), .serialized)
+struct SandboxRunTests {
+    let sandbox = Sandbox()
+
+    func run(_ code: String, _ edit: (inout ExecutionRequest) -> Void = { _ in }) async throws -> ExecutionResult {
+        try #require(Env.isRoot, "privileged test run without root")
+        var req = ExecutionRequest(code: code)
+        req.limits.wallSeconds *= Env.slow
+        edit(&req)
+        return await sandbox.run(req)
+    }
+
+    // The specification's four examples, with value assertions.
+    @Test func specCPU() async throws {
+        let r = try await run("import math\nresult = sum(math.sqrt(i) for i in range(100000))\nprint(f\"Result: {result}\")")
+        #expect(r.status == .ok && r.success)
+        #expect(r.output.hasPrefix("Result: 21081692.74"))
+        let user = try #require(r.cpuUserTime), sys = try #require(r.cpuSystemTime)
+        #expect(user >= 0.005)
+        #expect(user > sys)
+        #expect(r.executionTime > 0 && r.executionTime < 5 * Env.slow)
+        #expect((r.cpuPercent ?? 0) > 10)
+        #expect(r.exitCode == 0)
+        #expect(r.containerName == "Unnamed")
+        #expect(r.containerID.count == 32)
+    }
+
+    @Test func specMemory() async throws {
+        let r = try await run("big_list = list(range(1000000))\nprint(f\"Created list of {len(big_list)} items\")")
+        #expect(r.status == .ok)
+        #expect(r.output == "Created list of 1000000 items\n")
+        let peak = try #require(r.memoryPeak)
+        #expect(peak >= 30_000_000)
+        #expect(peak < 300_000_000)
+        #expect(r.memoryLimit == 512 << 20)
+        let pct = try #require(r.memoryPercent)
+        #expect(abs(pct - Double(peak) / Double(512 << 20) * 100) < 0.01)
+        #expect((r.memoryUsage ?? -1) >= 0)
+    }
+
+    @Test func specFileIO() async throws {
+        let r = try await run("""
+        import tempfile
+        with tempfile.NamedTemporaryFile(mode='w', delete=False) as f:
+            f.write("x" * 10000)
+            print(f"Wrote to {f.name}")
+        """)
+        #expect(r.status == .ok)
+        #expect(r.output.hasPrefix("Wrote to /tmp/"))
+        let w = try #require(r.blockIOWrite)
+        #expect(w >= 8192)
+        #expect(w < 10_000_000)
+        #expect((r.blockIORead ?? -1) >= 0)
+    }
+
+    @Test func specNumPy() async throws {
+        let r = try await run("import numpy as np\na = np.arange(12).reshape(3, 4)\nprint(a.sum(), int(round(np.linalg.det(np.eye(3) * 2))))")
+        #expect(r.status == .ok, "\(r.error ?? "")")
+        #expect(r.output == "66 8\n")
+    }
+
+    @Test func network() async throws {
+        let r = try await run("""
+        import socket, threading
+        srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(1)
+        def serve():
+            c, _ = srv.accept(); n = 0
+            while n < 200000:
+                d = c.recv(65536)
+                if not d: break
+                n += len(d)
+            c.sendall(b"y" * 200000); c.close()
+        t = threading.Thread(target=serve); t.start()
+        s = socket.create_connection(srv.getsockname()); s.sendall(b"x" * 200000)
+        got = 0
+        while got < 200000:
+            d = s.recv(65536)
+            if not d: break
+            got += len(d)
+        t.join(); print(got)
+        """)
+        #expect(r.output == "200000\n")
+        #expect((r.networkIORx ?? 0) >= 400_000)  // 200 kB each way, both through lo
+        #expect((r.networkIOTx ?? 0) >= 400_000)
+        #expect((r.networkIORx ?? 0) < 2_000_000)
+        #expect((r.pidsCount ?? 0) >= 2)
+    }
+
+    @Test func isolationBasics() async throws {
+        let r = try await run("""
+        import os, socket
+        print(os.getuid(), os.getgid(), socket.gethostname(), os.getcwd(), os.getpid())
+        print(sorted(os.listdir("/proc/self/fd")))
+        print(open("/proc/self/status").read().split("CapEff:")[1].split()[0])
+        print(os.path.exists("/etc/shadow"), sorted(k for k in os.environ if not k.startswith("LC_")))
+        """)
+        let lines = r.output.split(separator: "\n")
+        #expect(lines.first == "65534 65534 sandpit /work 2")
+        #expect(lines.dropFirst().first == "['0', '1', '2', '3']")  // 3 is listdir's own fd
+        #expect(lines.dropFirst(2).first == "0000000000000000")
+        #expect(lines.dropFirst(3).first?.hasPrefix("False ['HOME', 'LANG', 'MKL_NUM_THREADS'") == true)
+    }
+
+    @Test func stdinAndArgs() async throws {
+        let r = try await run("import sys\nprint(sys.argv[1:], sys.stdin.read())") {
+            $0.args = ["a", "b c"]
+            $0.stdin = Array("hello".utf8)
+        }
+        #expect(r.output == "['a', 'b c'] hello\n")
+    }
+
+    @Test func runtimeErrorAndExitCode() async throws {
+        let r = try await run("import sys\nprint('x', file=sys.stderr)\nsys.exit(3)")
+        #expect(r.status == .runtimeError)
+        #expect(r.exitCode == 3)
+        #expect(r.error == "x\n")
+        #expect(!r.success)
+        let e = try await run("raise ValueError('boom')")
+        #expect(e.status == .runtimeError && e.exitCode == 1)
+        #expect(e.error?.contains("ValueError: boom") == true)
+    }
+
+    @Test func signaled() async throws {
+        let r = try await run("import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)")
+        #expect(r.status == .signaled)
+        #expect(r.signal == 11)
+        #expect(r.exitCode == 139)
+    }
+
+    @Test func wallTimeLimit() async throws {
+        let r = try await run("import time\ntime.sleep(30)") { $0.limits.wallSeconds = 0.5 * Env.slow }
+        #expect(r.status == .timeout && r.timedOut)
+        #expect(r.executionTime >= 0.5 * Env.slow)
+        #expect(r.executionTime < 0.5 * Env.slow + 0.25 * Env.slow)
+        #expect(r.signal == 9)
+    }
+
+    @Test func cpuTimeLimit() async throws {
+        let r = try await run("while True: pass") { $0.limits.cpuSeconds = 0.3 }
+        #expect(r.status == .timeout && r.timedOut)
+        let cpu = (r.cpuUserTime ?? 0) + (r.cpuSystemTime ?? 0)
+        #expect(cpu >= 0.29)
+        #expect(cpu < 0.45)
+    }
+
+    @Test func memoryLimit() async throws {
+        let r = try await run("x = bytearray(300 * 1024 * 1024)\nprint('survived')") { $0.limits.memoryBytes = 64 << 20 }
+        #expect(r.status == .memoryLimit)
+        #expect(r.oomKilled)
+        #expect(r.output.isEmpty)
+        #expect((r.memoryPeak ?? 0) <= 64 << 20)
+        #expect((r.memoryPeak ?? 0) >= 48 << 20)
+        #expect((r.memoryPercent ?? 0) >= 75)
+    }
+
+    @Test func taskLimit() async throws {
+        let r = try await run("""
+        import threading, time
+        n = 0
+        try:
+            for _ in range(100):
+                threading.Thread(target=time.sleep, args=(2,), daemon=True).start(); n += 1
+        except RuntimeError:
+            pass
+        print(n)
+        """) { $0.limits.pids = 10 }
+        #expect(r.status == .ok)
+        #expect(r.output == "9\n")  // 10 tasks: the main thread and 9 more
+        #expect(r.pidsCount == 10)
+    }
+
+    @Test func outputLimitAndTruncation() async throws {
+        let r = try await run("import sys\nsys.stdout.write('a' * 100000)\nsys.stdout.flush()\nimport time; time.sleep(10)") {
+            $0.limits.outputBytes = 1000
+        }
+        #expect(r.status == .outputLimit)
+        #expect(r.stdoutTruncated && !r.stderrTruncated)
+        #expect(r.output == String(repeating: "a", count: 1000))
+        #expect(r.executionTime < 5 * Env.slow)
+    }
+
+    @Test func invalidUTF8StaysValidJSON() async throws {
+        let r = try await run("import sys\nsys.stdout.buffer.write(b'ok\\xff\\x00end')")
+        #expect(r.output == "ok\u{FFFD}\u{0}end")
+        let json = r.jsonString()
+        #expect((try? JSONSerialization.jsonObject(with: Data(json.utf8))) != nil)
+    }
+
+    @Test func missingInterpreterIsAnInternalError() async throws {
+        let r = try await run("print(1)") { $0.python = "/nonexistent/python3" }
+        #expect(r.status == .internalError)
+        #expect(r.error?.contains("/nonexistent/python3") == true)
+    }
+
+    @Test func noLeftoversAfterManyRuns() async throws {
+        try #require(Env.isRoot)
+        let before = Leftovers.snapshot()
+        var statuses: [RunStatus: Int] = [:]
+        for i in 0..<Env.soakRuns {
+            let code = i % 10 == 0 ? "import os, time\nos.fork()\ntime.sleep(60)" : "print(\(i))"
+            let r = await sandbox.run({
+                var q = ExecutionRequest(code: code)
+                q.limits.wallSeconds = i % 10 == 0 ? 0.2 * Env.slow : 10 * Env.slow
+                return q
+            }())
+            statuses[r.status, default: 0] += 1
+        }
+        #expect(statuses[.internalError] == nil, "\(statuses)")
+        #expect(statuses[.ok] == Env.soakRuns - (Env.soakRuns + 9) / 10)
+        #expect(statuses[.timeout] == (Env.soakRuns + 9) / 10)
+        let after = Leftovers.snapshot()
+        #expect(after == before, "leftovers: \(after) vs \(before)")
+    }
+}
+
+/// What a run could leave on the host: run cgroups, mounts, attached loop devices.
+struct Leftovers: Equatable, CustomStringConvertible {
+    var cgroups: [String]
+    var mounts: Int
+    var loops: [String]
+
+    static func snapshot() -> Leftovers {
+        // Loop devices clear themselves asynchronously once the run's mount is gone.
+        var loops: [String] = []
+        for _ in 0..<100 {
+            loops = (SysFile.list("/sys/block").filter { $0.hasPrefix("loop") }).filter {
+                let bf = SysFile.read("/sys/block/\($0)/loop/backing_file") ?? ""
+                return bf.contains("sandpit") || bf.contains("scratch")
+            }
+            if loops.isEmpty { break }
+            usleep(20_000)
+        }
+        let backend = try? Cgroups.shared()
+        let cgroups = (backend?.parentDirectories ?? []).flatMap { p in SysFile.list(p).filter { $0.hasPrefix("run-") } }
+        let mounts = (SysFile.read("/proc/self/mountinfo") ?? "").split(separator: "\n").count
+        return Leftovers(cgroups: cgroups.sorted(), mounts: mounts, loops: loops)
+    }
+
+    var description: String { "cgroups \(cgroups), mounts \(mounts), loops \(loops)" }
+}
