@@ -6,6 +6,7 @@ let package = Package(
     platforms: [.macOS(.v14)],
     products: [
         .executable(name: "sandpit", targets: ["Runner"]),
+        .executable(name: "sandpit-bench", targets: ["Bench"]),
         .library(name: "CgroupKit", targets: ["CgroupKit"]),
         .library(name: "Sandbox", targets: ["Sandbox"]),
     ],
@@ -38,6 +39,11 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
+        ),
+        .executableTarget(
+            name: "Bench",
+            dependencies: ["Sandbox"],
+            path: "Sources/Bench"
         ),
         .testTarget(
             name: "CgroupKitTests",

@@ -11,7 +11,7 @@ import Foundation
 
 /// One run from cgroup creation to teardown. Lives on one dedicated thread.
 final class Execution {
-    enum KillReason { case wallTime, cpuTime, output }
+    enum KillReason { case wallTime, cpuTime, output, memoryThrash }
 
     let sandbox: Sandbox
     let request: ExecutionRequest

@@ -72,6 +72,20 @@ extension Execution {
             guard cpuFD >= 0, let t = SysFile.pread(cpuFD) else { return nil }
             return run.version == .v2 ? StatParse.cpuStatV2(t).usageUsec : StatParse.single(t).map { $0 / 1000 }
         }
+        // A group pinned at its memory limit whose pages the kernel keeps reclaiming
+        // (clean file pages re-read over and over) may thrash for a long time before
+        // the OOM killer acts. At the limit and still hitting it for a whole second →
+        // the run is stopped with status memory_limit.
+        let memDir = run.directory(for: "memory")
+        let hitsFD = memDir.map { open($0 + (run.version == .v2 ? "/memory.events" : "/memory.failcnt"), O_RDONLY | O_CLOEXEC) } ?? -1
+        let curFD = memDir.map { open($0 + (run.version == .v2 ? "/memory.current" : "/memory.usage_in_bytes"), O_RDONLY | O_CLOEXEC) } ?? -1
+        defer { for fd in [hitsFD, curFD] where fd >= 0 { close(fd) } }
+        var lastHits: UInt64 = 0
+        var thrashSince: Int64?
+        func limitHits() -> UInt64? {
+            guard hitsFD >= 0, let t = SysFile.pread(hitsFD) else { return nil }
+            return run.version == .v2 ? StatParse.flatKeyed(t)["max"] : StatParse.single(t)
+        }
         let ncpu = Int64(max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN))))
         let wallNs = Int64(lim.wallSeconds * 1e9)
         let cpuLimitUsec = UInt64(lim.cpuSeconds * 1e6)
@@ -96,7 +110,20 @@ extension Execution {
                         kill(.cpuTime)
                     } else {
                         // The group cannot use the remainder faster than on every CPU at once.
-                        nextCPUCheck = now + max(1_000_000, Int64(cpuLimitUsec - used) * 1000 / ncpu)
+                        nextCPUCheck = now + min(100_000_000, max(1_000_000, Int64(cpuLimitUsec - used) * 1000 / ncpu))
+                    }
+                    if let hits = limitHits() {
+                        let current = curFD >= 0 ? SysFile.pread(curFD).flatMap(StatParse.single) ?? 0 : 0
+                        if hits > lastHits && current + (2 << 20) >= lim.memoryBytes {
+                            if let since = thrashSince {
+                                if now - since >= 1_000_000_000 { kill(.memoryThrash) }
+                            } else {
+                                thrashSince = now
+                            }
+                        } else {
+                            thrashSince = nil
+                        }
+                        lastHits = hits
                     }
                     if pidsFD >= 0, let t = SysFile.pread(pidsFD), let v = StatParse.single(t) { maxTasks = max(maxTasks, v) }
                 }
@@ -205,6 +232,8 @@ extension Execution {
                 result.timedOut = true
             case .output:
                 result.status = .outputLimit
+            case .memoryThrash:
+                result.status = .memoryLimit
             }
         } else if result.oomKilled && (waitStatus == nil || result.signal == Int(SIGKILL) || result.exitCode != 0) {
             result.status = .memoryLimit
@@ -224,7 +253,9 @@ extension Execution {
             if e.isEmpty {
                 switch result.status {
                 case .timeout: e = killed == .cpuTime ? "CPU time limit of \(lim.cpuSeconds) s exceeded" : "wall time limit of \(lim.wallSeconds) s exceeded"
-                case .memoryLimit: e = "memory limit of \(lim.memoryBytes) bytes exceeded"
+                case .memoryLimit: e = killed == .memoryThrash
+                    ? "memory limit of \(lim.memoryBytes) bytes reached; the run kept thrashing at its limit and was stopped"
+                    : "memory limit of \(lim.memoryBytes) bytes exceeded"
                 case .outputLimit: e = "output limit of \(lim.outputBytes) bytes exceeded"
                 default: break
                 }

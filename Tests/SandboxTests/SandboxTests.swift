@@ -195,9 +195,10 @@ struct SandboxRunTests {
     @Test func memoryLimit() async throws {
         let r = try await run("x = bytearray(300 * 1024 * 1024)\nprint('survived')") { $0.limits.memoryBytes = 64 << 20 }
         #expect(r.status == .memoryLimit)
-        #expect(r.oomKilled)
+        // The kernel's OOM killer acts, or (thrashing on re-read file pages, seen in the VM) the supervisor.
+        #expect(r.oomKilled || r.error?.contains("thrashing") == true)
         #expect(r.output.isEmpty)
-        #expect((r.memoryPeak ?? 0) <= 64 << 20)
+        #expect((r.memoryPeak ?? 0) <= (64 << 20) + (1 << 20))  // the kernel may overshoot by a page or a charge batch
         #expect((r.memoryPeak ?? 0) >= 48 << 20)
         #expect((r.memoryPercent ?? 0) >= 75)
     }
