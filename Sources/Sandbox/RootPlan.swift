@@ -37,28 +37,22 @@ public struct RootPlan: Sendable {
         let src = sourceRoot == "/" ? "" : sourceRoot
         func add(_ op: MountOp) { ops.append(op) }
 
-        for d in Self.systemDirs {
-            let hostPath = src + "/" + d
-            if let target = try? FileManager.default.destinationOfSymbolicLink(atPath: hostPath) {
-                add(MountOp(kind: .symlink, src: target, dst: "\(r)/\(d)"))
-            } else if SysDir.isDirectory(hostPath) {
-                add(MountOp(kind: .mkdir, dst: "\(r)/\(d)"))
-                add(MountOp(kind: .bind, flags: SP_BIND_RO, src: hostPath, dst: "\(r)/\(d)"))
+        // A source entry appears as itself: a symlink is recreated, a directory or a file
+        // is bound read-only onto a fresh mount point. Missing entries are skipped.
+        func expose(_ sourcePath: String, at dst: String) {
+            if let target = try? FileManager.default.destinationOfSymbolicLink(atPath: sourcePath) {
+                add(MountOp(kind: .symlink, src: target, dst: dst))
+            } else if SysDir.isDirectory(sourcePath) {
+                add(MountOp(kind: .mkdir, dst: dst))
+                add(MountOp(kind: .bind, flags: SP_BIND_RO, src: sourcePath, dst: dst))
+            } else if access(sourcePath, R_OK) == 0 {
+                add(MountOp(kind: .touch, dst: dst, mode: 0o644))
+                add(MountOp(kind: .bind, flags: SP_BIND_RO, src: sourcePath, dst: dst))
             }
         }
+        for d in Self.systemDirs { expose(src + "/" + d, at: "\(r)/\(d)") }
         add(MountOp(kind: .mkdir, dst: "\(r)/etc"))
-        for e in Self.etcEntries {
-            let hostPath = src + "/etc/" + e
-            if let target = try? FileManager.default.destinationOfSymbolicLink(atPath: hostPath) {
-                add(MountOp(kind: .symlink, src: target, dst: "\(r)/etc/\(e)"))
-            } else if SysDir.isDirectory(hostPath) {
-                add(MountOp(kind: .mkdir, dst: "\(r)/etc/\(e)"))
-                add(MountOp(kind: .bind, flags: SP_BIND_RO, src: hostPath, dst: "\(r)/etc/\(e)"))
-            } else if access(hostPath, R_OK) == 0 {
-                add(MountOp(kind: .touch, dst: "\(r)/etc/\(e)", mode: 0o644))
-                add(MountOp(kind: .bind, flags: SP_BIND_RO, src: hostPath, dst: "\(r)/etc/\(e)"))
-            }
-        }
+        for e in Self.etcEntries { expose(src + "/etc/" + e, at: "\(r)/etc/\(e)") }
         let files: [(String, String)] = [
             ("passwd", "root:x:0:0:root:/:/usr/sbin/nologin\nsandbox:x:\(uid):\(gid):sandbox:/work:/bin/sh\n"),
             ("group", "root:x:0:\nsandbox:x:\(gid):\n"),
