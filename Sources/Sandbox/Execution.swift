@@ -28,6 +28,7 @@ final class Execution {
     var nsfd: Int32 = -1
     var launchNs: Int64 = 0
     var launchError: String?
+    var lastReadWasEOF = false
 
     init(sandbox: Sandbox, request: ExecutionRequest, id: String) throws {
         self.sandbox = sandbox

@@ -99,6 +99,14 @@ extension Execution {
             try? backend.kill(run)
         }
 
+        /// Reads the exec records available; true at EOF (the program exec'd or died).
+        func readExecRecords() -> Bool {
+            while true {
+                guard let rec: sp_exec_record = readRecord(execR) else { return lastReadWasEOF }
+                if rec.stage == 0 { execNs = rec.t_ns } else { execFailure = rec }
+            }
+        }
+
         var events = [epoll_event](repeating: epoll_event(), count: 8)
         while !initExited {
             let now = monotonicNanos()
@@ -141,21 +149,9 @@ extension Execution {
                     if !err.drain(stderrR) { kill(.output) }
                     if err.eof { _ = epoll_ctl(ep, EPOLL_CTL_DEL, stderrR, nil) }
                 } else if fd == execR {
-                    var rec = sp_exec_record()
-                    while true {
-                        let n = withUnsafeMutableBytes(of: &rec) { read(execR, $0.baseAddress, $0.count) }
-                        if n == MemoryLayout<sp_exec_record>.size {
-                            if rec.stage == 0 { execNs = rec.t_ns } else { execFailure = rec }
-                            continue
-                        }
-                        if n == 0 { _ = epoll_ctl(ep, EPOLL_CTL_DEL, execR, nil) }  // exec done
-                        break
-                    }
+                    if readExecRecords() { _ = epoll_ctl(ep, EPOLL_CTL_DEL, execR, nil) }  // EOF: exec done
                 } else if fd == reportR {
-                    var rep = sp_report()
-                    if withUnsafeMutableBytes(of: &rep, { read(reportR, $0.baseAddress, $0.count) }) == MemoryLayout<sp_report>.size {
-                        report = rep
-                    }
+                    if report == nil { report = readRecord(reportR) }
                     _ = epoll_ctl(ep, EPOLL_CTL_DEL, reportR, nil)
                 } else if fd == pidfd {
                     initExited = true
@@ -166,18 +162,8 @@ extension Execution {
         // Whatever is still in the pipes (every writer is dead once init has exited).
         _ = out.drain(stdoutR)
         _ = err.drain(stderrR)
-        if report == nil {
-            var rep = sp_report()
-            if withUnsafeMutableBytes(of: &rep, { read(reportR, $0.baseAddress, $0.count) }) == MemoryLayout<sp_report>.size {
-                report = rep
-            }
-        }
-        if execNs == nil || execFailure == nil {
-            var rec = sp_exec_record()
-            while withUnsafeMutableBytes(of: &rec, { read(execR, $0.baseAddress, $0.count) }) == MemoryLayout<sp_exec_record>.size {
-                if rec.stage == 0 { execNs = rec.t_ns } else { execFailure = rec }
-            }
-        }
+        if report == nil { report = readRecord(reportR) }
+        _ = readExecRecords()
 
         // Counters, read while init is a zombie (its /proc/<pid>/io holds every reaped task's I/O).
         var code: Int32 = 0, st: Int32 = 0
@@ -308,6 +294,15 @@ extension Execution {
             result.pidsCount = Int64(maxTasks - 1)
         }
         return result
+    }
+
+    /// One fixed-size record from a non-blocking pipe (records are written whole, < PIPE_BUF).
+    func readRecord<T>(_ fd: Int32) -> T? {
+        let p = UnsafeMutablePointer<T>.allocate(capacity: 1)
+        defer { p.deallocate() }
+        let n = read(fd, p, MemoryLayout<T>.size)
+        lastReadWasEOF = n == 0
+        return n == MemoryLayout<T>.size ? p.pointee : nil
     }
 
     /// Ends whatever is left and frees every resource of the run.
