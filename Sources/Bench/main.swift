@@ -28,20 +28,24 @@ func median(_ xs: [Double]) -> Double {
 
 let runs = CommandLine.arguments.count > 1 ? Int(CommandLine.arguments[1]) ?? 200 : 200
 let sandbox = Sandbox()
-var b: [Double] = [], s: [Double] = [], exec: [Double] = []
+var b: [Double] = [], s: [Double] = [], full: [Double] = [], exec: [Double] = []
 for i in 0..<(runs + 10) {
     let tb = bare("/usr/bin/python3")
     let t0 = now()
-    let r = sandbox.runBlocking(ExecutionRequest(code: "pass"), id: Sandbox.newID())
+    let r = await sandbox.run(ExecutionRequest(code: "pass"))
     let ts = now() - t0
+    await sandbox.quiesce()
+    let tf = now() - t0
     if r.status != .ok { FileHandle.standardError.write(Data("run \(i): \(r.status) \(r.error ?? "")\n".utf8)) }
-    if i >= 10 { b.append(tb); s.append(ts); exec.append(r.executionTime * 1000) }
+    if i >= 10 { b.append(tb); s.append(ts); full.append(tf); exec.append(r.executionTime * 1000) }
     usleep(20_000)  // an idle gap between runs, as a service sees (see host-facts on RCU grace periods)
 }
 let mb = median(b), ms = median(s)
 print("| in-process, \(runs) runs alternating, 20 ms gaps | median ms |")
 print("|---|---|")
 print(String(format: "| bare python spawned from this process | %.2f |", mb))
-print(String(format: "| Sandbox.run (launch + supervise + metrics + teardown) | %.2f |", ms))
+print(String(format: "| Sandbox.run until the result (launch + supervise + metrics) | %.2f |", ms))
+print(String(format: "| … until its teardown has finished too | %.2f |", median(full)))
 print(String(format: "| of which python itself (execution_time) | %.2f |", median(exec)))
-print(String(format: "| **overhead over bare python** | **%+.2f** |", ms - mb))
+print(String(format: "| **overhead over bare python, to the result** | **%+.2f** |", ms - mb))
+print(String(format: "| overhead over bare python, including teardown | %+.2f |", median(full) - mb))

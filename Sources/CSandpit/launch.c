@@ -251,7 +251,9 @@ static _Noreturn void sp_program_main(const sp_launch_spec *s) {
     sp_prog_fail(s, SP_STAGE_EXEC);
 }
 
+static int64_t sp_phase[5];  // see sp_report.phase_ns
 static _Noreturn void sp_init_main(const sp_launch_spec *s) {
+    sp_phase[0] = sp_now_ns();
     umask(0);
     int keep[] = {s->stdin_fd, s->stdout_fd, s->stderr_fd, s->exec_fd, s->report_fd, s->release_fd};
     sp_close_all_but(keep, 6);
@@ -285,6 +287,7 @@ static _Noreturn void sp_init_main(const sp_launch_spec *s) {
     if (s->hostname && sethostname(s->hostname, strlen(s->hostname)) < 0) sp_init_fail(s, SP_STAGE_HOSTNAME, 0);
     if (s->loopback_up && sp_loopback_up() < 0) sp_init_fail(s, SP_STAGE_LOOPBACK, 0);
 
+    sp_phase[1] = sp_now_ns();
     if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) sp_init_fail(s, SP_STAGE_MOUNT_PRIVATE, 0);
     if (mount("tmpfs", s->new_root, "tmpfs", MS_NOSUID | MS_NODEV, s->root_tmpfs_options) < 0)
         sp_init_fail(s, SP_STAGE_ROOT_TMPFS, 0);
@@ -296,6 +299,7 @@ static _Noreturn void sp_init_main(const sp_launch_spec *s) {
     if (mount(NULL, "/", NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV, NULL) < 0)
         sp_init_fail(s, SP_STAGE_REMOUNT_ROOT, 0);
 
+    sp_phase[2] = sp_now_ns();
     // Baseline of init's own block I/O (it wrote the program file), subtracted by the parent.
     int64_t base_r = 0, base_w = 0;
     {
@@ -319,6 +323,7 @@ static _Noreturn void sp_init_main(const sp_launch_spec *s) {
 
     long prog = syscall(SYS_clone, SIGCHLD, 0, 0, 0, 0);
     if (prog < 0) sp_init_fail(s, SP_STAGE_FORK, 0);
+    sp_phase[3] = sp_now_ns();
     if (prog == 0) {
         close(sfd);
         close(s->report_fd);
@@ -375,7 +380,13 @@ static _Noreturn void sp_init_main(const sp_launch_spec *s) {
     // The program is gone: nothing of the run may outlive it.
     kill(-1, SIGKILL);
     while (waitpid(-1, NULL, __WALL) > 0 || errno == EINTR) {}
+    sp_phase[4] = sp_now_ns();
+    memcpy(rep.phase_ns, sp_phase, sizeof sp_phase);
     (void)sp_write_all(s->report_fd, &rep, sizeof rep);
+    // Stay alive until the parent has read the counters (our /proc/<pid>/io, the
+    // network namespace): it closes the release pipe, or dies.
+    char b;
+    while (read(s->release_fd, &b, 1) < 0 && errno == EINTR) {}
     _exit(0);
 }
 

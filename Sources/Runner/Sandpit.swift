@@ -78,7 +78,7 @@ struct Run: AsyncParsableCommand {
             req.stdin = Array(data)
         }
         var logger = Logger(label: "sandpit")
-        logger.logLevel = .warning
+        logger.logLevel = ProcessInfo.processInfo.environment["SANDPIT_LOG"].flatMap { Logger.Level(rawValue: $0) } ?? .warning
         let sandbox = Sandbox(logger: logger)
         let result = await sandbox.run(req)
         if json {

@@ -20,7 +20,8 @@ final class Execution {
     let run: RunCgroup
     let scratch: Scratch
     // parent ends
-    let stdoutR: Int32, stderrR: Int32, execR: Int32, reportR: Int32, releaseW: Int32
+    let stdoutR: Int32, stderrR: Int32, execR: Int32, reportR: Int32
+    var releaseW: Int32
     // child ends (closed after launch)
     let stdinFD: Int32, stdoutW: Int32, stderrW: Int32, execW: Int32, reportW: Int32, releaseR: Int32
     var pid: pid_t = 0

@@ -9,6 +9,7 @@ import Logging
 public final class Sandbox: Sendable {
     public let settings: SandboxSettings
     let logger: Logger
+    let pending = PendingCounter()
 
     public init(settings: SandboxSettings = SandboxSettings(), logger: Logger = Logger(label: "sandpit")) {
         self.settings = settings
@@ -17,13 +18,27 @@ public final class Sandbox: Sendable {
 
     /// Runs one request. Never throws: failures of the sandbox become a result with
     /// status `internal_error` and the reason in `error`. The blocking work runs on
-    /// a dedicated thread, never on Swift's cooperative pool.
+    /// a dedicated thread, never on Swift's cooperative pool. The result is returned
+    /// as soon as the counters are read; the run's teardown (init exit, cgroup
+    /// removal, scratch release) finishes on that thread right after — `quiesce()`
+    /// waits for it.
     public func run(_ request: ExecutionRequest, id: String = Sandbox.newID()) async -> ExecutionResult {
-        await withCheckedContinuation { (cont: CheckedContinuation<ExecutionResult, Never>) in
-            let thread = Thread { cont.resume(returning: self.runBlocking(request, id: id)) }
+        pending.add()
+        return await withCheckedContinuation { (cont: CheckedContinuation<ExecutionResult, Never>) in
+            let thread = Thread {
+                let (result, execution) = self.execute(request, id: id)
+                cont.resume(returning: result)
+                execution?.teardown()
+                self.pending.remove()
+            }
             thread.stackSize = 1 << 20
             thread.start()
         }
+    }
+
+    /// Waits until every run's teardown has finished.
+    public func quiesce() async {
+        while pending.count > 0 { try? await Task.sleep(for: .milliseconds(1)) }
     }
 
     /// A 32-hex-digit random id (the run's container_id).
@@ -32,20 +47,37 @@ public final class Sandbox: Sendable {
         return (0..<2).map { _ in String(format: "%016llx", g.next() as UInt64) }.joined()
     }
 
-    /// The same as `run`, on the calling thread (which must not be a cooperative-pool thread).
+    /// Runs one request and its teardown on the calling thread (which must not be a
+    /// cooperative-pool thread).
     public func runBlocking(_ request: ExecutionRequest, id: String) -> ExecutionResult {
+        let (result, execution) = execute(request, id: id)
+        execution?.teardown()
+        return result
+    }
+
+    func execute(_ request: ExecutionRequest, id: String) -> (ExecutionResult, Execution?) {
         let started = Date()
         var result = ExecutionResult(containerID: id, containerName: request.name, startedAt: started)
+        let execution: Execution
         do {
-            let execution = try Execution(sandbox: self, request: request, id: id)
-            execution.start()
-            result = execution.supervise(into: result)
+            execution = try Execution(sandbox: self, request: request, id: id)
         } catch {
             result.status = .internalError
             result.success = false
             result.error = "sandbox failed: \(error)"
             logger.error("run \(id) failed before the program started: \(error)")
+            return (result, nil)
         }
-        return result
+        execution.start()
+        return (execution.supervise(into: result), execution)
     }
+}
+
+/// Count of runs whose teardown has not finished.
+final class PendingCounter: @unchecked Sendable {
+    private var value = 0
+    private let lock = NSLock()
+    func add() { lock.lock(); value += 1; lock.unlock() }
+    func remove() { lock.lock(); value -= 1; lock.unlock() }
+    var count: Int { lock.lock(); defer { lock.unlock() }; return value }
 }

@@ -38,7 +38,6 @@ extension Execution {
     /// at the earliest moment the limit could be reached (remaining / CPUs).
     func supervise(into initial: ExecutionResult) -> ExecutionResult {
         var result = initial
-        defer { teardown() }
         if let e = launchError {
             result.status = .internalError
             result.error = "sandbox launch failed: \(e)"
@@ -108,7 +107,9 @@ extension Execution {
         }
 
         var events = [epoll_event](repeating: epoll_event(), count: 8)
-        while !initExited {
+        // Until the init's report (the program and every task of the run are gone) or
+        // the init's death (a kill).
+        while !initExited && report == nil {
             let now = monotonicNanos()
             let wallDeadline = (execNs ?? launchNs) + wallNs
             if killed == nil {
@@ -165,18 +166,26 @@ extension Execution {
         if report == nil { report = readRecord(reportR) }
         _ = readExecRecords()
 
-        // Counters, read while init is a zombie (its /proc/<pid>/io holds every reaped task's I/O).
+        // Counters. The init has reaped every task, so its /proc/<pid>/io holds the whole
+        // run's block I/O. Normally it is still alive, waiting for its release, and its
+        // network namespace is readable through /proc; after a kill it is a zombie (kept
+        // unreaped) and the namespace is reached through the fd kept since the launch.
         var code: Int32 = 0, st: Int32 = 0
-        _ = sp_pidfd_wait(pidfd, WNOWAIT, &code, &st)
+        if initExited { _ = sp_pidfd_wait(pidfd, WNOWAIT, &code, &st) }
         let io = SysFile.read("/proc/\(pid)/io").flatMap(StatParse.procIO)
-        var net: (rxBytes: UInt64, txBytes: UInt64)?
-        if nsfd >= 0 {
+        var net = initExited ? nil : SysFile.read("/proc/\(pid)/net/dev").flatMap(StatParse.netDev)
+        if net == nil && nsfd >= 0 {
             var buf = [CChar](repeating: 0, count: 16384)
             let n = sp_read_netdev_in_ns(nsfd, &buf, buf.count - 1)
             if n > 0 { net = StatParse.netDev(String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)) }
         }
         let stats = backend.stats(run)
-        _ = sp_pidfd_wait(pidfd, 0, &code, &st)  // reap init
+        release()  // the init may exit now; teardown() waits for it
+        if let rep = report, let e = execNs, sandbox.logger.logLevel <= .debug {
+            let p = rep.phase_ns
+            func ms(_ a: Int64, _ b: Int64) -> String { String(format: "%.2f", Double(b - a) / 1e6) }
+            sandbox.logger.debug("run \(id) phases (ms): clone \(ms(launchNs, p.0)) namespaces \(ms(p.0, p.1)) root \(ms(p.1, p.2)) fork \(ms(p.2, p.3)) exec \(ms(p.3, e)) program \(ms(e, rep.exit_ns)) reap-rest \(ms(rep.exit_ns, p.4)) collect \(ms(p.4, monotonicNanos()))")
+        }
 
         // ---- map to the result ----
         result.output = String(decoding: out.bytes, as: UTF8.self)
@@ -306,7 +315,18 @@ extension Execution {
     }
 
     /// Ends whatever is left and frees every resource of the run.
+    /// Lets the init exit (it waits on the release pipe after its report).
+    func release() {
+        if releaseW >= 0 {
+            close(releaseW)
+            releaseW = -1
+        }
+    }
+
+    /// Ends whatever is left and frees every resource of the run: waits for the init,
+    /// removes the cgroup, releases the scratch device. Called after the result is out.
     func teardown() {
+        release()
         if pidfd >= 0 {
             if !backend.processes(run).isEmpty { try? backend.kill(run) }
             var code: Int32 = 0, st: Int32 = 0
@@ -315,7 +335,7 @@ extension Execution {
             close(pidfd)
             pidfd = -1
         }
-        for fd in [stdoutR, stderrR, execR, reportR, releaseW, nsfd] where fd >= 0 { close(fd) }
+        for fd in [stdoutR, stderrR, execR, reportR, nsfd] where fd >= 0 { close(fd) }
         nsfd = -1
         do { try backend.remove(run) } catch { sandbox.logger.error("run \(id): \(error)") }
         scratch.release()

@@ -244,6 +244,7 @@ struct SandboxRunTests {
 
     @Test func noLeftoversAfterManyRuns() async throws {
         try #require(Env.isRoot)
+        await sandbox.quiesce()
         let before = Leftovers.snapshot()
         var statuses: [RunStatus: Int] = [:]
         for i in 0..<Env.soakRuns {
@@ -258,6 +259,7 @@ struct SandboxRunTests {
         #expect(statuses[.internalError] == nil, "\(statuses)")
         #expect(statuses[.ok] == Env.soakRuns - (Env.soakRuns + 9) / 10)
         #expect(statuses[.timeout] == (Env.soakRuns + 9) / 10)
+        await sandbox.quiesce()
         let after = Leftovers.snapshot()
         #expect(after == before, "leftovers: \(after) vs \(before)")
     }

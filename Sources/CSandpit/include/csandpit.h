@@ -103,6 +103,9 @@ typedef struct sp_report {
     int64_t base_write_bytes;
     int64_t base_user_usec;    // init's own CPU time before the program started (set-up work)
     int64_t base_sys_usec;
+    // CLOCK_MONOTONIC at: init start, namespaces set, root built, program forked,
+    // every task reaped (for the debug log of where a launch spends its time)
+    int64_t phase_ns[5];
 } sp_report;
 
 // Record sent by the program's process on `exec_fd` just before execve; a
