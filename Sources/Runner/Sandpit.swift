@@ -88,6 +88,8 @@ struct Run: AsyncParsableCommand {
             if let e = result.error { FileHandle.standardError.write(Data(e.utf8)) }
             FileHandle.standardError.write(Data(MetricsTable.render(result).utf8))
         }
+        await sandbox.quiesce()  // the run's cgroup and scratch are gone before we exit
+        sandbox.sweepStale()     // and so is anything an earlier, crashed sandpit left
         throw ExitCode(Int32(exitStatus(result)))
     }
 

@@ -36,6 +36,16 @@ public final class Sandbox: Sendable {
         }
     }
 
+    /// Kills and removes run cgroups left by sandpit processes that are gone (a crash,
+    /// a kill -9). Returns their names.
+    @discardableResult
+    public func sweepStale() -> [String] {
+        guard let backend = try? Cgroups.shared() else { return [] }
+        let swept = backend.sweepStale()
+        if !swept.isEmpty { logger.warning("swept \(swept.count) stale run cgroup(s): \(swept.joined(separator: ", "))") }
+        return swept
+    }
+
     /// Waits until every run's teardown has finished.
     public func quiesce() async {
         while pending.count > 0 { try? await Task.sleep(for: .milliseconds(1)) }

@@ -326,19 +326,27 @@ extension Execution {
     /// Ends whatever is left and frees every resource of the run: waits for the init,
     /// removes the cgroup, releases the scratch device. Called after the result is out.
     func teardown() {
+        let t0 = monotonicNanos()
         release()
         if pidfd >= 0 {
-            if !backend.processes(run).isEmpty { try? backend.kill(run) }
+            // The init exits on its release (or its parent's death); its exit ends the
+            // pid namespace, so the group is empty once it is reaped.
             var code: Int32 = 0, st: Int32 = 0
-            _ = sp_pidfd_send_signal(pidfd, SIGKILL)
             _ = sp_pidfd_wait(pidfd, 0, &code, &st)
             close(pidfd)
             pidfd = -1
         }
+        let t1 = monotonicNanos()
+        if !backend.processes(run).isEmpty { try? backend.kill(run) }
         for fd in [stdoutR, stderrR, execR, reportR, nsfd] where fd >= 0 { close(fd) }
         nsfd = -1
         do { try backend.remove(run) } catch { sandbox.logger.error("run \(id): \(error)") }
+        let t2 = monotonicNanos()
         scratch.release()
+        if sandbox.logger.logLevel <= .debug {
+            func ms(_ a: Int64, _ b: Int64) -> String { String(format: "%.2f", Double(b - a) / 1e6) }
+            sandbox.logger.debug("run \(id) teardown (ms): init exit \(ms(t0, t1)) cgroup \(ms(t1, t2)) scratch \(ms(t2, monotonicNanos()))")
+        }
     }
 
     static func stageName(_ stage: Int32, detail: Int32) -> String {
