@@ -15,6 +15,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 struct sp_netdev_arg {
@@ -180,4 +181,64 @@ uint64_t sp_sandbox_ns_flags(void) {
 int sp_open_tmpfile(const char *dir) {
     int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
     return fd < 0 ? -errno : fd;
+}
+
+#ifndef FSCONFIG_SET_STRING
+#define FSCONFIG_SET_STRING 1
+#define FSCONFIG_CMD_CREATE 6
+#endif
+#define SP_FSOPEN_CLOEXEC 0x1
+#define SP_FSMOUNT_CLOEXEC 0x1
+#define SP_MOUNT_ATTR_NOSUID 0x2
+#define SP_MOUNT_ATTR_NODEV 0x4
+
+int sp_mount_detached_ext4(const char *dev) {
+    int fs = (int)syscall(SYS_fsopen, "ext4", SP_FSOPEN_CLOEXEC);
+    if (fs < 0) return -errno;
+    if (syscall(SYS_fsconfig, fs, FSCONFIG_SET_STRING, "source", dev, 0) < 0 ||
+        syscall(SYS_fsconfig, fs, FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0) {
+        int e = errno;
+        close(fs);
+        return -e;
+    }
+    int m = (int)syscall(SYS_fsmount, fs, SP_FSMOUNT_CLOEXEC, SP_MOUNT_ATTR_NOSUID | SP_MOUNT_ATTR_NODEV);
+    int e = errno;
+    close(fs);
+    return m < 0 ? -e : m;
+}
+
+int sp_create_file_at(int dirfd, const char *path, unsigned int mode) {
+    int fd = openat(dirfd, path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
+    return fd < 0 ? -errno : fd;
+}
+
+#include <net/if.h>
+#include <sys/socket.h>
+
+static void *sp_netns_thread(void *p) {
+    int *out = p;
+    if (unshare(CLONE_NEWNET) < 0) { *out = -errno; return NULL; }
+    int sock = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (sock >= 0) {
+        struct ifreq ifr;
+        memset(&ifr, 0, sizeof ifr);
+        memcpy(ifr.ifr_name, "lo", 3);
+        if (ioctl(sock, SIOCGIFFLAGS, &ifr) == 0) {
+            ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+            (void)ioctl(sock, SIOCSIFFLAGS, &ifr);
+        }
+        close(sock);
+    }
+    int fd = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+    *out = fd < 0 ? -errno : fd;
+    return NULL;
+}
+
+int sp_new_netns(void) {
+    int result = -EIO;
+    pthread_t t;
+    int e = pthread_create(&t, NULL, sp_netns_thread, &result);
+    if (e != 0) return -e;
+    pthread_join(t, NULL);
+    return result;
 }

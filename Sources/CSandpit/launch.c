@@ -171,6 +171,13 @@ static int sp_do_op(const sp_mount_op *op) {
         return umount2(op->dst, MNT_DETACH);
     case SP_OP_RMDIR:
         return rmdir(op->dst);
+    case SP_OP_MOVE_MOUNT: {
+        int r = (int)syscall(SYS_move_mount, op->fd, "", AT_FDCWD, op->dst, 0x00000004 /* MOVE_MOUNT_F_EMPTY_PATH */);
+        int e = errno;
+        close(op->fd);
+        errno = e;
+        return r;
+    }
     case SP_OP_TOUCH: {
         int fd = open(op->dst, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, op->mode);
         if (fd < 0) return -1;
@@ -255,8 +262,12 @@ static int64_t sp_phase[5];  // see sp_report.phase_ns
 static _Noreturn void sp_init_main(const sp_launch_spec *s) {
     sp_phase[0] = sp_now_ns();
     umask(0);
-    int keep[] = {s->stdin_fd, s->stdout_fd, s->stderr_fd, s->exec_fd, s->report_fd, s->release_fd};
-    sp_close_all_but(keep, 6);
+    int keep[16] = {s->stdin_fd, s->stdout_fd, s->stderr_fd, s->exec_fd, s->report_fd, s->release_fd};
+    int nkeep = 6;
+    if (s->net_fd >= 0) keep[nkeep++] = s->net_fd;
+    for (size_t i = 0; i < s->nops && nkeep < 16; i++)
+        if (s->ops[i].kind == SP_OP_MOVE_MOUNT) keep[nkeep++] = s->ops[i].fd;
+    sp_close_all_but(keep, nkeep);
 
     // Default dispositions (the parent may ignore SIGPIPE etc.), SIGCHLD via signalfd.
     for (int sig = 1; sig < NSIG; sig++) {
@@ -281,6 +292,10 @@ static _Noreturn void sp_init_main(const sp_launch_spec *s) {
             if (sp_write_file(*f, "0") < 0) sp_init_fail(s, SP_STAGE_CGROUP_MOVE, (int)(f - s->cgroup_task_files));
     }
     if (s->new_cgroup_ns && unshare(CLONE_NEWCGROUP) < 0) sp_init_fail(s, SP_STAGE_CGROUP_NS, 0);
+    if (s->net_fd >= 0) {
+        if (setns(s->net_fd, CLONE_NEWNET) < 0) sp_init_fail(s, SP_STAGE_NETNS, 0);
+        close(s->net_fd);
+    }
     // The OOM killer should pick the program, not the init that reports on it. Needs
     // CAP_SYS_RESOURCE; without it the parent still tells an OOM kill from the counters.
     (void)sp_write_file("/proc/self/oom_score_adj", "-1000");

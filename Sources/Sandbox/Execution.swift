@@ -45,7 +45,13 @@ final class Execution {
         if let cores = limits.cpuCores { cg.cpuQuotaUsec = UInt64(max(1000, cores * 100_000)) }
         run = try backend.createRun(name: RunName.make(id: id), limits: cg)
         do {
-            scratch = try Scratch.make(stateDirectory: sandbox.settings.stateDirectory, size: limits.scratchBytes)
+            scratch = try sandbox.takeScratch(size: limits.scratchBytes)
+            do {
+                try scratch.writeProgram(Array(request.code.utf8), uid: sandbox.settings.uid, gid: sandbox.settings.gid)
+            } catch {
+                scratch.release()
+                throw error
+            }
         } catch {
             try? backend.remove(run)
             throw error
@@ -61,6 +67,7 @@ final class Execution {
         (reportR, reportW) = pipe()
         (releaseR, releaseW) = pipe()
         for fd in [stdoutR, stderrR, execR, reportR] { _ = fcntl(fd, F_SETFL, O_NONBLOCK) }
+        nsfd = sandbox.takeNetns()
         stdinFD = sp_memfd("sandpit-stdin")
         if stdinFD >= 0 && !request.stdin.isEmpty {
             _ = request.stdin.withUnsafeBytes { write(stdinFD, $0.baseAddress, $0.count) }
@@ -89,7 +96,7 @@ final class Execution {
         let s = sandbox.settings
         let arena = CArena()
         let plan = RootPlan(newRoot: s.stateDirectory + "/root", sourceRoot: request.rootfs,
-                            scratchDevice: scratch.devicePath, code: Array(request.code.utf8),
+                            scratchMountFD: scratch.mountFD,
                             uid: s.uid, gid: s.gid, hostname: s.hostname,
                             shmBytes: min(64 << 20, request.limits.memoryBytes / 2))
         let ops: [sp_mount_op] = plan.ops.map { op in
@@ -104,6 +111,7 @@ final class Execution {
             c.dev = UInt(op.dev)
             c.uid = op.uid
             c.gid = op.gid
+            c.fd = op.fd
             return c
         }
         let lim = request.limits
@@ -121,10 +129,12 @@ final class Execution {
         spec.cgroup_fd = run.directoryFD
         spec.cgroup_task_files = run.taskFiles.isEmpty ? nil
             : UnsafePointer(UnsafeMutableRawPointer(arena.stringArray(run.taskFiles)).assumingMemoryBound(to: UnsafePointer<CChar>?.self))
-        spec.ns_flags = sp_sandbox_ns_flags()
+        // A prepared network namespace (lo already up) is joined instead of created.
+        spec.net_fd = nsfd
+        spec.ns_flags = nsfd >= 0 ? sp_sandbox_ns_flags() & ~UInt64(0x4000_0000) : sp_sandbox_ns_flags()  // CLONE_NEWNET
         spec.new_cgroup_ns = 1
         spec.hostname = arena.string(s.hostname)
-        spec.loopback_up = 1
+        spec.loopback_up = nsfd >= 0 ? 0 : 1
         spec.new_root = arena.string(plan.newRoot)
         spec.root_tmpfs_options = arena.string("mode=755,size=1m,nr_inodes=512")
         spec.ops = UnsafePointer(arena.array(ops))
@@ -158,6 +168,6 @@ final class Execution {
         }
         pid = r
         pidfd = fd
-        nsfd = open("/proc/\(r)/ns/net", O_RDONLY | O_CLOEXEC)
+        if nsfd < 0 { nsfd = open("/proc/\(r)/ns/net", O_RDONLY | O_CLOEXEC) }
     }
 }

@@ -4,7 +4,7 @@ import Foundation
 /// One step of building the sandbox's root, executed in order by the init in C.
 public struct MountOp: Sendable, Equatable {
     public enum Kind: Int32, Sendable {
-        case mkdir = 1, bind, symlink, tmpfs, proc, mknod, file, blockfs, chown, umount, rmdir, touch
+        case mkdir = 1, bind, symlink, tmpfs, proc, mknod, file, blockfs, chown, umount, rmdir, touch, moveMount
     }
     public var kind: Kind
     public var flags: Int32 = 0
@@ -15,6 +15,7 @@ public struct MountOp: Sendable, Equatable {
     public var dev: UInt = 0
     public var uid: UInt32 = UInt32.max
     public var gid: UInt32 = UInt32.max
+    public var fd: Int32 = -1
 }
 
 /// The filesystem of a run, as a plan: a tmpfs root holding read-only binds of a
@@ -30,7 +31,7 @@ public struct RootPlan: Sendable {
     static let etcEntries = ["alternatives", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "ssl", "ca-certificates",
                              "localtime", "mime.types", "python3", "python3.11", "python3.12", "python3.13", "os-release"]
 
-    public init(newRoot: String, sourceRoot: String, scratchDevice: String, code: [UInt8],
+    public init(newRoot: String, sourceRoot: String, scratchMountFD: Int32,
                 uid: UInt32, gid: UInt32, hostname: String, shmBytes: UInt64) {
         self.newRoot = newRoot
         let r = newRoot
@@ -85,16 +86,11 @@ public struct RootPlan: Sendable {
         add(MountOp(kind: .tmpfs, flags: Int32(MS_NOSUID | MS_NODEV), dst: "\(r)/dev/shm",
                     data: Array("mode=1777,size=\(shmBytes)\0".utf8)))
 
-        // Scratch: the run's own ext4 on its loop device, exposed as /tmp and /work.
+        // Scratch: the run's own ext4 (mounted detached by the parent, with tmp/, work/
+        // and work/main.py on it), exposed as /tmp and /work.
         let s = "\(r)/.scratch"
         add(MountOp(kind: .mkdir, dst: s, mode: 0o700))
-        add(MountOp(kind: .blockfs, flags: Int32(MS_NOSUID | MS_NODEV), src: scratchDevice, dst: s,
-                    data: Array("ext4\0".utf8)))
-        add(MountOp(kind: .mkdir, dst: "\(s)/tmp", mode: 0o1777))
-        add(MountOp(kind: .chown, dst: "\(s)/tmp", mode: 0o1777, uid: 0, gid: 0))
-        add(MountOp(kind: .mkdir, dst: "\(s)/work", mode: 0o755))
-        add(MountOp(kind: .chown, dst: "\(s)/work", mode: 0o755, uid: uid, gid: gid))
-        add(MountOp(kind: .file, dst: "\(s)/work/main.py", data: code, mode: 0o444, uid: uid, gid: gid))
+        add(MountOp(kind: .moveMount, dst: s, fd: scratchMountFD))
         for d in ["tmp", "work"] {
             add(MountOp(kind: .mkdir, dst: "\(r)/\(d)"))
             add(MountOp(kind: .bind, src: "\(s)/\(d)", dst: "\(r)/\(d)"))

@@ -1,4 +1,5 @@
 import CSandpit
+import CSandpit
 import CgroupKit
 import Foundation
 import Logging
@@ -10,6 +11,8 @@ public final class Sandbox: Sendable {
     public let settings: SandboxSettings
     let logger: Logger
     let pending = PendingCounter()
+    let spare = SpareScratch()
+    let spareNetns = SpareFD()
 
     public init(settings: SandboxSettings = SandboxSettings(), logger: Logger = Logger(label: "sandpit")) {
         self.settings = settings
@@ -29,10 +32,36 @@ public final class Sandbox: Sendable {
                 let (result, execution) = self.execute(request, id: id)
                 cont.resume(returning: result)
                 execution?.teardown()
+                self.prepareSpare()
                 self.pending.remove()
             }
             thread.stackSize = 1 << 20
             thread.start()
+        }
+    }
+
+    /// A scratch of `size`: the one prepared in advance when it fits, else a new one.
+    func takeScratch(size: UInt64) throws(SandboxError) -> Scratch {
+        if let s = spare.take(size: size) { return s }
+        return try Scratch.make(stateDirectory: settings.stateDirectory, size: size, uid: settings.uid, gid: settings.gid)
+    }
+
+    /// A fresh network namespace (lo up): the prepared one, else a new one; -1 if none
+    /// can be made (the init then creates its own).
+    func takeNetns() -> Int32 {
+        if let fd = spareNetns.take() { return fd }
+        let fd = sp_new_netns()
+        return fd >= 0 ? fd : -1
+    }
+
+    /// Prepares the next run's scratch (the default size) and network namespace off
+    /// the critical path.
+    func prepareSpare() {
+        if !spareNetns.isFull { let fd = sp_new_netns(); if fd >= 0 { spareNetns.put(fd) } }
+        guard !spare.isFull else { return }
+        if let s = try? Scratch.make(stateDirectory: settings.stateDirectory, size: RunLimits().scratchBytes,
+                                     uid: settings.uid, gid: settings.gid) {
+            spare.put(s)
         }
     }
 
@@ -44,6 +73,16 @@ public final class Sandbox: Sendable {
         let swept = backend.sweepStale()
         if !swept.isEmpty { logger.warning("swept \(swept.count) stale run cgroup(s): \(swept.joined(separator: ", "))") }
         return swept
+    }
+
+    /// Drops the scratch and network namespace prepared for the next run.
+    public func releaseSpares() {
+        spare.take(size: RunLimits().scratchBytes)?.release()
+        if let fd = spareNetns.take() { close(fd) }
+    }
+
+    deinit {
+        releaseSpares()
     }
 
     /// Waits until every run's teardown has finished.
@@ -90,4 +129,46 @@ final class PendingCounter: @unchecked Sendable {
     func add() { lock.lock(); value += 1; lock.unlock() }
     func remove() { lock.lock(); value -= 1; lock.unlock() }
     var count: Int { lock.lock(); defer { lock.unlock() }; return value }
+}
+
+/// One scratch prepared ahead of the next run (a service's runs then skip the
+/// template copy, the loop attach and the ext4 mount). Its descriptors close with
+/// the process, so a crash leaves nothing behind.
+final class SpareScratch: @unchecked Sendable {
+    private var value: Scratch?
+    private let lock = NSLock()
+    var isFull: Bool { lock.lock(); defer { lock.unlock() }; return value != nil }
+    func take(size: UInt64) -> Scratch? {
+        lock.lock(); defer { lock.unlock() }
+        guard let v = value, v.size == size else { return nil }
+        value = nil
+        return v
+    }
+    func put(_ s: Scratch) {
+        lock.lock()
+        let old = value
+        value = s
+        lock.unlock()
+        old?.release()
+    }
+}
+
+/// One descriptor prepared ahead of the next run (a network namespace).
+final class SpareFD: @unchecked Sendable {
+    private var value: Int32?
+    private let lock = NSLock()
+    var isFull: Bool { lock.lock(); defer { lock.unlock() }; return value != nil }
+    func take() -> Int32? {
+        lock.lock(); defer { lock.unlock() }
+        let v = value
+        value = nil
+        return v
+    }
+    func put(_ fd: Int32) {
+        lock.lock()
+        let old = value
+        value = fd
+        lock.unlock()
+        if let old { close(old) }
+    }
 }

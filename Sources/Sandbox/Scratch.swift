@@ -2,22 +2,45 @@ import CSandpit
 import Foundation
 
 /// A run's writable area: a fresh ext4 filesystem on its own loop device, sized
-/// to the run's scratch limit. The image has no name on the host (O_TMPFILE) and
-/// the loop device clears itself (LO_FLAGS_AUTOCLEAR) once the run's mount
-/// namespace is gone, so nothing can be left behind and host-side cleanup never
-/// walks files the program controlled.
+/// to the run's scratch limit, mounted detached (in no mount namespace) with `tmp`
+/// (1777) and `work` (the sandbox user's) on it; the sandbox init attaches it. The
+/// image has no name on the host (O_TMPFILE) and the loop device clears itself
+/// (LO_FLAGS_AUTOCLEAR) once the mount is gone, so nothing can be left behind and
+/// host-side cleanup never walks files the program controlled.
 public struct Scratch: Sendable {
     public let loopFD: Int32
     public let devicePath: String
+    /// The detached mount; handed to the init, which attaches it and closes its copy.
+    public let mountFD: Int32
+    public let size: UInt64
 
-    /// Drops the parent's hold on the loop device; it detaches once the run's mount is gone.
+    /// Writes the program as `work/main.py` (read-only, owned by the sandbox user).
+    func writeProgram(_ code: [UInt8], uid: UInt32, gid: UInt32) throws(SandboxError) {
+        let fd = sp_create_file_at(mountFD, "work/main.py", 0o444)
+        guard fd >= 0 else { throw SandboxError(.scratch, "create work/main.py", errno: -fd) }
+        defer { close(fd) }
+        var off = 0
+        while off < code.count {
+            let n = code.withUnsafeBytes { write(fd, $0.baseAddress! + off, code.count - off) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw SandboxError(.scratch, "write work/main.py", errno: errno)
+            }
+            off += n
+        }
+        guard fchown(fd, uid, gid) == 0 else { throw SandboxError(.scratch, "chown work/main.py", errno: errno) }
+    }
+
+    /// Drops the parent's holds on the mount and the loop device; the device detaches
+    /// once the run's mount namespace is gone.
     public func release() {
+        close(mountFD)
         close(loopFD)
     }
 
     /// Copies a pre-formatted template (made once per size with mkfs.ext4) into an
-    /// anonymous file and attaches it to a free loop device.
-    public static func make(stateDirectory: String, size: UInt64) throws(SandboxError) -> Scratch {
+    /// anonymous file, attaches it to a free loop device and mounts it detached.
+    public static func make(stateDirectory: String, size: UInt64, uid: UInt32, gid: UInt32) throws(SandboxError) -> Scratch {
         let template = try templatePath(stateDirectory: stateDirectory, size: size)
         let src = open(template, O_RDONLY | O_CLOEXEC)
         guard src >= 0 else { throw SandboxError(.scratch, "open \(template)", errno: errno) }
@@ -30,7 +53,20 @@ public struct Scratch: Sendable {
         var index: Int32 = -1
         let lfd = sp_loop_attach(img, &index)
         guard lfd >= 0 else { throw SandboxError(.scratch, "attach loop device", errno: -lfd) }
-        return Scratch(loopFD: lfd, devicePath: "/dev/loop\(index)")
+        let dev = "/dev/loop\(index)"
+        let mfd = sp_mount_detached_ext4(dev)
+        guard mfd >= 0 else {
+            close(lfd)
+            throw SandboxError(.scratch, "mount \(dev) (ext4)", errno: -mfd)
+        }
+        let scratch = Scratch(loopFD: lfd, devicePath: dev, mountFD: mfd, size: size)
+        guard mkdirat(mfd, "tmp", 0o1777) == 0, fchmodat(mfd, "tmp", 0o1777, 0) == 0,
+              mkdirat(mfd, "work", 0o755) == 0, fchownat(mfd, "work", uid, gid, 0) == 0 else {
+            let e = errno
+            scratch.release()
+            throw SandboxError(.scratch, "prepare tmp and work on \(dev)", errno: e)
+        }
+        return scratch
     }
 
     /// `<state>/templates/ext4-<size>.img`, created atomically on first use.

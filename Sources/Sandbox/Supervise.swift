@@ -355,7 +355,7 @@ extension Execution {
             5: "mount --make-rprivate /", 6: "root tmpfs", 7: "mount plan step \(detail)", 8: "pivot_root",
             9: "read-only root", 10: "init capabilities", 11: "fork", 12: "stdio", 13: "chdir", 14: "setrlimit",
             15: "setgroups", 16: "setgid", 17: "setuid", 18: "capabilities", 19: "no_new_privs", 20: "seccomp",
-            21: "execve", 22: "oom_score_adj", 23: "signals",
+            21: "execve", 22: "oom_score_adj", 23: "signals", 24: "setns(network)",
         ]
         return names[stage] ?? "stage \(stage)"
     }
