@@ -56,7 +56,7 @@ public protocol CgroupBackend: Sendable {
     /// to a leaf on v2 when its own group holds processes).
     func prepare() throws(CgroupError)
     func createRun(name: String, limits: CgroupLimits) throws(CgroupError) -> RunCgroup
-    func stats(_ run: RunCgroup) -> CgroupStats
+    func stats(_ run: RunCgroup, _ selection: StatsSelection) -> CgroupStats
     func processes(_ run: RunCgroup) -> [Int32]
     /// Kills every process of the run cgroup and waits until it is empty.
     func kill(_ run: RunCgroup) throws(CgroupError)
@@ -66,6 +66,11 @@ public protocol CgroupBackend: Sendable {
     func sweepStale() -> [String]
     /// Removes the parent group when no run uses it (best effort).
     func removeParentIfEmpty()
+}
+
+extension CgroupBackend {
+    /// Every stats file of the run.
+    public func stats(_ run: RunCgroup) -> CgroupStats { stats(run, .all) }
 }
 
 /// Names of run cgroups carry their owner (pid and start time) so that a sweep can

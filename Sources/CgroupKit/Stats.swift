@@ -56,3 +56,15 @@ public struct PidsStats: Sendable, Equatable {
     public var max: UInt64?
     public init() {}
 }
+
+/// Which groups of files `stats` reads (memory.stat and the I/O files are the costly ones).
+public struct StatsSelection: OptionSet, Sendable {
+    public let rawValue: Int
+    public init(rawValue: Int) { self.rawValue = rawValue }
+    public static let cpu = StatsSelection(rawValue: 1)
+    public static let memory = StatsSelection(rawValue: 2)
+    public static let memoryStat = StatsSelection(rawValue: 4)
+    public static let io = StatsSelection(rawValue: 8)
+    public static let pids = StatsSelection(rawValue: 16)
+    public static let all: StatsSelection = [.cpu, .memory, .memoryStat, .io, .pids]
+}

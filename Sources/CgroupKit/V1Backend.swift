@@ -70,39 +70,39 @@ public final class V1Backend: CgroupBackend {
                          taskFiles: created.map { $0 + "/tasks" }, controllerDirectories: map)
     }
 
-    public func stats(_ run: RunCgroup) -> CgroupStats {
-        Self.readStats(run.controllerDirectories)
+    public func stats(_ run: RunCgroup, _ selection: StatsSelection) -> CgroupStats {
+        Self.readStats(run.controllerDirectories, selection)
     }
 
     /// Reads the v1 files of each controller's directory; missing files give nil fields.
-    public static func readStats(_ dirs: [String: String]) -> CgroupStats {
+    public static func readStats(_ dirs: [String: String], _ selection: StatsSelection = .all) -> CgroupStats {
         var s = CgroupStats()
-        if let d = dirs["cpuacct"] {
+        if selection.contains(.cpu), let d = dirs["cpuacct"] {
             s.cpu = StatParse.cpuacctV1(usage: SysFile.read(d + "/cpuacct.usage"),
                                         user: SysFile.read(d + "/cpuacct.usage_user"),
                                         sys: SysFile.read(d + "/cpuacct.usage_sys"))
         }
-        if let d = dirs["cpu"], let t = SysFile.read(d + "/cpu.stat") {
+        if selection.contains(.cpu), let d = dirs["cpu"], let t = SysFile.read(d + "/cpu.stat") {
             s.cpu.throttledUsec = StatParse.flatKeyed(t)["throttled_time"].map { $0 / 1000 }
         }
-        if let d = dirs["memory"] {
+        if selection.contains(.memory), let d = dirs["memory"] {
             s.memory.currentBytes = SysFile.read(d + "/memory.usage_in_bytes").flatMap(StatParse.single)
             s.memory.peakBytes = SysFile.read(d + "/memory.max_usage_in_bytes").flatMap(StatParse.single)
             s.memory.limitBytes = SysFile.read(d + "/memory.limit_in_bytes").flatMap { StatParse.limit($0) }?.value
             s.memory.oomKills = SysFile.read(d + "/memory.oom_control").flatMap { StatParse.flatKeyed($0)["oom_kill"] }
             s.memory.limitHits = SysFile.read(d + "/memory.failcnt").flatMap(StatParse.single)
-            if let t = SysFile.read(d + "/memory.stat") {
+            if selection.contains(.memoryStat), let t = SysFile.read(d + "/memory.stat") {
                 let kv = StatParse.flatKeyed(t)
                 s.memory.stat["anon"] = kv["rss"]
                 s.memory.stat["file"] = kv["cache"]
                 s.memory.stat["shmem"] = kv["shmem"]
             }
         }
-        if let d = dirs["blkio"] {
+        if selection.contains(.io), let d = dirs["blkio"] {
             s.io = StatParse.blkioV1(serviceBytes: SysFile.read(d + "/blkio.throttle.io_service_bytes"),
                                      serviced: SysFile.read(d + "/blkio.throttle.io_serviced"))
         }
-        if let d = dirs["pids"] {
+        if selection.contains(.pids), let d = dirs["pids"] {
             s.pids.current = SysFile.read(d + "/pids.current").flatMap(StatParse.single)
             s.pids.peak = SysFile.read(d + "/pids.peak").flatMap(StatParse.single)
             s.pids.max = SysFile.read(d + "/pids.max").flatMap { StatParse.limit($0) }?.value

@@ -94,14 +94,29 @@ public final class V2Backend: CgroupBackend {
                          controllerDirectories: map)
     }
 
-    public func stats(_ run: RunCgroup) -> CgroupStats {
-        Self.readStats(directory: run.directories[0])
+    public func stats(_ run: RunCgroup, _ selection: StatsSelection) -> CgroupStats {
+        Self.readStats(directory: run.directories[0], selection)
     }
 
     /// Reads every v2 stats file of one group; missing files give nil fields.
-    public static func readStats(directory dir: String) -> CgroupStats {
+    public static func readStats(directory dir: String, _ selection: StatsSelection = .all) -> CgroupStats {
         var s = CgroupStats()
-        if let t = SysFile.read(dir + "/cpu.stat") { s.cpu = StatParse.cpuStatV2(t) }
+        if selection.contains(.cpu), let t = SysFile.read(dir + "/cpu.stat") { s.cpu = StatParse.cpuStatV2(t) }
+        if selection.contains(.memory) { readMemory(dir, into: &s) }
+        if selection.contains(.memoryStat), let t = SysFile.read(dir + "/memory.stat") {
+            let kv = StatParse.flatKeyed(t)
+            for k in ["anon", "file", "kernel", "shmem", "sock"] { s.memory.stat[k] = kv[k] }
+        }
+        if selection.contains(.io), let t = SysFile.read(dir + "/io.stat") { s.io = StatParse.ioStatV2(t) }
+        if selection.contains(.pids) {
+            s.pids.current = SysFile.read(dir + "/pids.current").flatMap(StatParse.single)
+            s.pids.peak = SysFile.read(dir + "/pids.peak").flatMap(StatParse.single)
+            s.pids.max = SysFile.read(dir + "/pids.max").flatMap { StatParse.limit($0) }?.value
+        }
+        return s
+    }
+
+    static func readMemory(_ dir: String, into s: inout CgroupStats) {
         s.memory.currentBytes = SysFile.read(dir + "/memory.current").flatMap(StatParse.single)
         s.memory.peakBytes = SysFile.read(dir + "/memory.peak").flatMap(StatParse.single)
         s.memory.limitBytes = SysFile.read(dir + "/memory.max").flatMap { StatParse.limit($0) }?.value
@@ -110,15 +125,6 @@ public final class V2Backend: CgroupBackend {
             s.memory.oomKills = kv["oom_kill"]
             s.memory.limitHits = kv["max"]
         }
-        if let t = SysFile.read(dir + "/memory.stat") {
-            let kv = StatParse.flatKeyed(t)
-            for k in ["anon", "file", "kernel", "shmem", "sock"] { s.memory.stat[k] = kv[k] }
-        }
-        if let t = SysFile.read(dir + "/io.stat") { s.io = StatParse.ioStatV2(t) }
-        s.pids.current = SysFile.read(dir + "/pids.current").flatMap(StatParse.single)
-        s.pids.peak = SysFile.read(dir + "/pids.peak").flatMap(StatParse.single)
-        s.pids.max = SysFile.read(dir + "/pids.max").flatMap { StatParse.limit($0) }?.value
-        return s
     }
 
     public func processes(_ run: RunCgroup) -> [Int32] {

@@ -179,7 +179,7 @@ extension Execution {
             let n = sp_read_netdev_in_ns(nsfd, &buf, buf.count - 1)
             if n > 0 { net = StatParse.netDev(String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)) }
         }
-        let stats = backend.stats(run)
+        let stats = backend.stats(run, [.cpu, .memory, .pids])  // what the result uses
         release()  // the init may exit now; teardown() waits for it
         if let rep = report, let e = execNs, sandbox.logger.logLevel <= .debug {
             let p = rep.phase_ns
