@@ -47,7 +47,13 @@ struct ResultObjectTests {
     }
 }
 
-@Suite("sandpit run (root, real sandbox)", .enabled(if: Env.shouldRun), .serialized)
+/// Every privileged suite of this target, run one after another: the leftovers test
+/// compares the host before and after, so no other run may be in flight meanwhile.
+@Suite("Privileged sandbox suites", .enabled(if: Env.shouldRun), .serialized)
+struct PrivilegedSandboxSuites {}
+
+extension PrivilegedSandboxSuites {
+@Suite("sandpit run (root, real sandbox)")
 struct SandboxRunTests {
     let sandbox = Sandbox()
 
@@ -256,6 +262,7 @@ struct SandboxRunTests {
         sandbox.releaseSpares()
         let before = Leftovers.snapshot()
         var statuses: [RunStatus: Int] = [:]
+        var ids: [String] = []
         for i in 0..<Env.soakRuns {
             let code = i % 10 == 0 ? "import os, time\nos.fork()\ntime.sleep(60)" : "print(\(i))"
             let r = await sandbox.run({
@@ -264,6 +271,7 @@ struct SandboxRunTests {
                 return q
             }())
             statuses[r.status, default: 0] += 1
+            ids.append(r.containerID)
         }
         #expect(statuses[.internalError] == nil, "\(statuses)")
         #expect(statuses[.ok] == Env.soakRuns - (Env.soakRuns + 9) / 10)
@@ -272,7 +280,11 @@ struct SandboxRunTests {
         sandbox.releaseSpares()
         let after = Leftovers.snapshot()
         #expect(after == before, "leftovers: \(after) vs \(before)")
+        let runCgroups = Set(after.cgroups.compactMap { $0.split(separator: "-").last.map(String.init) })
+        #expect(runCgroups.isDisjoint(with: ids), "cgroups of these runs remain")
     }
+}
+
 }
 
 /// What a run could leave on the host: run cgroups, mounts, attached loop devices.
@@ -287,21 +299,26 @@ struct Leftovers: Equatable, CustomStringConvertible {
         for _ in 0..<100 {
             loops = (SysFile.list("/sys/block").filter { $0.hasPrefix("loop") }).filter {
                 let bf = SysFile.read("/sys/block/\($0)/loop/backing_file") ?? ""
-                return bf.contains("sandpit") || bf.contains("scratch")
+                return bf.hasPrefix(SandboxSettings().stateDirectory + "/scratch")
             }
             if loops.isEmpty { break }  // (other tests' runs may still be detaching)
             usleep(20_000)
         }
         let backend = try? Cgroups.shared()
-        let cgroups = (backend?.parentDirectories ?? []).flatMap { p in SysFile.list(p).filter { $0.hasPrefix("run-") } }
-        let mounts = (SysFile.read("/proc/self/mountinfo") ?? "").split(separator: "\n").count
+        // (CgroupKit's own tests may have run cgroups of theirs in flight: only sandbox runs count)
+        let cgroups = (backend?.parentDirectories ?? []).flatMap { p in
+            SysFile.list(p).filter { $0.hasPrefix("run-") && ($0.split(separator: "-").last?.count ?? 0) == 32 }
+        }
+        let state = SandboxSettings().stateDirectory
+        let mounts = (SysFile.read("/proc/self/mountinfo") ?? "").split(separator: "\n").filter { $0.contains(state) }.count
         return Leftovers(cgroups: cgroups.sorted(), mounts: mounts, loops: loops)
     }
 
     var description: String { "cgroups \(cgroups), mounts \(mounts), loops \(loops)" }
 }
 
-@Suite("sandpit CLI (root)", .enabled(if: Env.shouldRun))
+extension PrivilegedSandboxSuites {
+@Suite("sandpit CLI (root)")
 struct CLITests {
     /// The `sandpit` binary built next to this test bundle.
     static var binary: String {
@@ -343,4 +360,5 @@ struct CLITests {
         #expect(status == 64)  // ArgumentParser's validation failure (EX_USAGE)
         #expect(out.isEmpty)
     }
+}
 }
