@@ -11,7 +11,7 @@ import Foundation
 
 /// One run from cgroup creation to teardown. Lives on one dedicated thread.
 final class Execution {
-    enum KillReason { case wallTime, cpuTime, output, memoryThrash }
+    enum KillReason { case wallTime, cpuTime, output, memoryThrash, stopped }
 
     let sandbox: Sandbox
     let request: ExecutionRequest
@@ -30,6 +30,20 @@ final class Execution {
     var launchNs: Int64 = 0
     var launchError: String?
     var lastReadWasEOF = false
+    let stopLock = NSLock()
+    private var stopReasonValue: String?
+    /// Set by `stop(reason:)` from another thread; the supervisor ends the run at once.
+    var stopReason: String? { stopLock.lock(); defer { stopLock.unlock() }; return stopReasonValue }
+
+    /// Asks the supervisor to end the run (service shutdown). The init is killed
+    /// through its pidfd, which wakes the supervisor's epoll.
+    func stop(reason: String) {
+        stopLock.lock()
+        stopReasonValue = reason
+        let fd = pidfd
+        if fd >= 0 { _ = sp_pidfd_send_signal(fd, SIGKILL) }
+        stopLock.unlock()
+    }
 
     init(sandbox: Sandbox, request: ExecutionRequest, id: String) throws {
         self.sandbox = sandbox

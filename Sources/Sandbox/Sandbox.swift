@@ -13,6 +13,7 @@ public final class Sandbox: Sendable {
     let pending = PendingCounter()
     let spare = SpareScratch()
     let spareNetns = SpareFD()
+    let active = ActiveRuns()
 
     public init(settings: SandboxSettings = SandboxSettings(), logger: Logger = Logger(label: "sandpit")) {
         self.settings = settings
@@ -85,6 +86,15 @@ public final class Sandbox: Sendable {
         releaseSpares()
     }
 
+    /// Stops every run in progress (service shutdown after its grace period). Each
+    /// ends with status `internal_error` and says why in `error`.
+    public func stopAll(reason: String) {
+        for e in active.all() { e.stop(reason: reason) }
+    }
+
+    /// Runs whose program is executing now.
+    public var activeCount: Int { active.all().count }
+
     /// Waits until every run's teardown has finished.
     public func quiesce() async {
         while pending.count > 0 { try? await Task.sleep(for: .milliseconds(1)) }
@@ -117,8 +127,11 @@ public final class Sandbox: Sendable {
             logger.error("run \(id) failed before the program started: \(error)")
             return (result, nil)
         }
+        active.add(execution)
         execution.start()
-        return (execution.supervise(into: result), execution)
+        let out = execution.supervise(into: result)
+        active.remove(execution)
+        return (out, execution)
     }
 }
 
@@ -171,4 +184,13 @@ final class SpareFD: @unchecked Sendable {
         lock.unlock()
         if let old { close(old) }
     }
+}
+
+/// The executions in progress.
+final class ActiveRuns: @unchecked Sendable {
+    private var runs: [ObjectIdentifier: Execution] = [:]
+    private let lock = NSLock()
+    func add(_ e: Execution) { lock.lock(); runs[ObjectIdentifier(e)] = e; lock.unlock() }
+    func remove(_ e: Execution) { lock.lock(); runs[ObjectIdentifier(e)] = nil; lock.unlock() }
+    func all() -> [Execution] { lock.lock(); defer { lock.unlock() }; return Array(runs.values) }
 }

@@ -156,6 +156,7 @@ extension Execution {
                     _ = epoll_ctl(ep, EPOLL_CTL_DEL, reportR, nil)
                 } else if fd == pidfd {
                     initExited = true
+                    if killed == nil, stopReason != nil { kill(.stopped) }
                 }
             }
         }
@@ -229,6 +230,9 @@ extension Execution {
                 result.status = .outputLimit
             case .memoryThrash:
                 result.status = .memoryLimit
+            case .stopped:
+                result.status = .internalError
+                result.error = "stopped: \(stopReason ?? "the sandbox was stopped")"
             }
         } else if result.oomKilled && (waitStatus == nil || result.signal == Int(SIGKILL) || result.exitCode != 0) {
             result.status = .memoryLimit
@@ -333,8 +337,10 @@ extension Execution {
             // pid namespace, so the group is empty once it is reaped.
             var code: Int32 = 0, st: Int32 = 0
             _ = sp_pidfd_wait(pidfd, 0, &code, &st)
+            stopLock.lock()  // stop(reason:) may be using the fd
             close(pidfd)
             pidfd = -1
+            stopLock.unlock()
         }
         let t1 = monotonicNanos()
         if !backend.processes(run).isEmpty { try? backend.kill(run) }

@@ -261,7 +261,7 @@ struct SandboxRunTests {
         try #require(Env.isRoot)
         await sandbox.quiesce()
         sandbox.releaseSpares()
-        let before = Leftovers.snapshot()
+        let before = Leftovers.snapshot(runs: [])
         var statuses: [RunStatus: Int] = [:]
         var ids: [String] = []
         for i in 0..<Env.soakRuns {
@@ -279,10 +279,8 @@ struct SandboxRunTests {
         #expect(statuses[.timeout] == (Env.soakRuns + 9) / 10)
         await sandbox.quiesce()
         sandbox.releaseSpares()
-        let after = Leftovers.snapshot()
+        let after = Leftovers.snapshot(runs: Set(ids))
         #expect(after == before, "leftovers: \(after) vs \(before)")
-        let runCgroups = Set(after.cgroups.compactMap { $0.split(separator: "-").last.map(String.init) })
-        #expect(runCgroups.isDisjoint(with: ids), "cgroups of these runs remain")
     }
 }
 
@@ -294,7 +292,8 @@ struct Leftovers: Equatable, CustomStringConvertible {
     var mounts: Int
     var loops: [String]
 
-    static func snapshot() -> Leftovers {
+    /// `runs`: the ids whose cgroups count (other suites may have runs in flight).
+    static func snapshot(runs: Set<String>) -> Leftovers {
         // Loop devices clear themselves asynchronously once the run's mount is gone.
         var loops: [String] = []
         for _ in 0..<100 {
@@ -306,9 +305,8 @@ struct Leftovers: Equatable, CustomStringConvertible {
             usleep(20_000)
         }
         let backend = try? Cgroups.shared()
-        // (CgroupKit's own tests may have run cgroups of theirs in flight: only sandbox runs count)
         let cgroups = (backend?.parentDirectories ?? []).flatMap { p in
-            SysFile.list(p).filter { $0.hasPrefix("run-") && ($0.split(separator: "-").last?.count ?? 0) == 32 }
+            SysFile.list(p).filter { $0.hasPrefix("run-") && runs.contains(String($0.split(separator: "-").last ?? "")) }
         }
         let state = SandboxSettings().stateDirectory
         let mounts = (SysFile.read("/proc/self/mountinfo") ?? "").split(separator: "\n").filter { $0.contains(state) }.count

@@ -1,0 +1,94 @@
+import ArgumentParser
+import Dispatch
+import Foundation
+import Hummingbird
+import Logging
+import Sandbox
+import Service
+import ServiceLifecycle
+
+/// `sandpit serve`: the HTTP execution API.
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Serve the HTTP execution API (POST /execute, GET /executions, ...).")
+
+    @Option(help: "Address to listen on (a non-loopback address needs a token).") var host = "127.0.0.1"
+    @Option(help: "Port to listen on.") var port = 8787
+    @Option(help: "SQLite database of the execution log.") var db = SandboxSettings().stateDirectory + "/executions.db"
+    @Option(help: "Runs at once (default: the number of CPUs).") var maxConcurrency: Int?
+    @Option(help: "Requests that may wait for a slot; beyond that 429.") var queueSize = 16
+    @Option(help: "Largest request body in bytes; beyond that 413.") var maxBody = 1 << 20
+    @Option(help: "File holding the bearer token (SANDPIT_TOKEN takes precedence).") var tokenFile: String?
+    @Option(help: "Seconds in-flight runs may continue after SIGTERM before they are stopped.") var grace: Double = 10
+
+    func run() async throws {
+        LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
+        var logger = Logger(label: "sandpit")
+        logger.logLevel = ProcessInfo.processInfo.environment["SANDPIT_LOG"].flatMap { Logger.Level(rawValue: $0) } ?? .info
+        var config = ServiceConfig(databasePath: db)
+        config.host = host
+        config.port = port
+        if let m = maxConcurrency { config.maxConcurrency = m }
+        config.queueSize = queueSize
+        config.maxBodyBytes = maxBody
+        config.graceSeconds = grace
+        if let t = ProcessInfo.processInfo.environment["SANDPIT_TOKEN"], !t.isEmpty {
+            config.token = t
+        } else if let f = tokenFile {
+            guard let text = try? String(contentsOfFile: f, encoding: .utf8) else { throw ValidationError("cannot read \(f)") }
+            config.token = text.trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        do { try config.validate() } catch let e as APIError { throw ValidationError(e.detail) }
+
+        let svc = try await ServiceContext.open(config: config, logger: logger)
+        let app = buildApplication(svc)
+        let group = ServiceGroup(configuration: .init(services: [app], logger: logger))
+
+        // SIGTERM / SIGINT: refuse new runs, stop accepting, let in-flight runs finish
+        // within the grace period, then stop them (each is logged).
+        let sources = [SIGTERM, SIGINT].map { sig -> DispatchSourceSignal in
+            signal(sig, SIG_IGN)
+            let src = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            let grace = config.graceSeconds
+            src.setEventHandler { [group, svc, logger] in
+                logger.info("signal \(sig): shutting down (grace \(grace) s)")
+                Task { [group, svc, logger] in
+                    await svc.admission.drain()
+                    await group.triggerGracefulShutdown()
+                    let deadline = ContinuousClock.now + .seconds(grace)
+                    while svc.sandbox.activeCount > 0 && ContinuousClock.now < deadline {
+                        try? await Task.sleep(for: .milliseconds(50))
+                    }
+                    if svc.sandbox.activeCount > 0 {
+                        logger.warning("stopping \(svc.sandbox.activeCount) run(s) at the end of the grace period")
+                        svc.sandbox.stopAll(reason: "the service shut down")
+                    }
+                }
+            }
+            src.resume()
+            return src
+        }
+        logger.info("sandpit serve on \(config.host):\(config.port), log \(config.databasePath), \(config.maxConcurrency) slots, queue \(config.queueSize)")
+        try await group.run()
+        await svc.sandbox.quiesce()
+        withExtendedLifetime(sources) {}
+    }
+}
+
+/// `sandpit migrate`: brings an execution log to the current schema.
+struct Migrate: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Add the metric columns to an execution_logs table (idempotent; keeps every row).")
+
+    @Option(help: "SQLite database to migrate.") var db = SandboxSettings().stateDirectory + "/executions.db"
+
+    func run() throws {
+        let store = try ExecutionStore(path: db)
+        print("migrating \(db)")
+        let report = try Schema.migrate(store.pool) { print("  " + $0) }
+        if report.nothingToDo {
+            print("done: nothing to do (\(report.rows) rows)")
+        } else {
+            print("done: \(report.addedColumns.count) column(s) added\(report.createdTable ? ", table created" : ""), \(report.rows) row(s) kept")
+        }
+    }
+}

@@ -1,0 +1,221 @@
+import CgroupKit
+import Foundation
+import HTTPTypes
+import Hummingbird
+import Logging
+import Sandbox
+
+/// Everything `sandpit serve` is configured with.
+public struct ServiceConfig: Sendable {
+    public var host = "127.0.0.1"
+    public var port = 8787
+    public var databasePath: String
+    public var maxConcurrency = max(1, ProcessInfo.processInfo.activeProcessorCount)
+    public var queueSize = 16
+    public var maxBodyBytes = 1 << 20
+    public var token: String?
+    public var ranges = LimitRanges()
+    /// After SIGTERM: how long in-flight runs may go on before they are killed.
+    public var graceSeconds: Double = 10
+    /// The sandbox's state directory (scratch templates, run roots).
+    public var stateDirectory = SandboxSettings().stateDirectory
+
+    public init(databasePath: String) {
+        self.databasePath = databasePath
+    }
+
+    /// Refuses to listen beyond loopback without a token.
+    public func validate() throws {
+        let loopback = host == "127.0.0.1" || host == "::1" || host == "localhost" || host.hasPrefix("127.")
+        if !loopback && (token ?? "").isEmpty {
+            throw APIError(.internalServerError, "config",
+                           "refusing to listen on \(host) without a token (set SANDPIT_TOKEN or --token-file)")
+        }
+    }
+}
+
+/// The service's parts, shared by the routes.
+public final class ServiceContext: Sendable {
+    public let config: ServiceConfig
+    public let sandbox: Sandbox
+    public let store: ExecutionStore
+    public let admission: Admission
+    public let metrics: ServiceMetrics
+    public let logger: Logger
+
+    public init(config: ServiceConfig, sandbox: Sandbox, store: ExecutionStore, logger: Logger) {
+        self.config = config
+        self.sandbox = sandbox
+        self.store = store
+        admission = Admission(maxConcurrency: config.maxConcurrency, queueSize: config.queueSize)
+        metrics = ServiceMetrics()
+        self.logger = logger
+    }
+
+    /// Opens the database, applies the migrations, marks runs of a crashed previous
+    /// instance as interrupted and sweeps their cgroups.
+    public static func open(config: ServiceConfig, logger: Logger) async throws -> ServiceContext {
+        try config.validate()
+        let dir = (config.databasePath as NSString).deletingLastPathComponent
+        if !dir.isEmpty { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) }
+        let store = try ExecutionStore(path: config.databasePath)
+        try Schema.migrate(store.pool) { logger.info("migrate: \($0)") }
+        let sandbox = Sandbox(settings: SandboxSettings(stateDirectory: config.stateDirectory), logger: logger)
+        let interrupted = try await store.markInterrupted()
+        if interrupted > 0 { logger.warning("marked \(interrupted) run(s) of a previous instance as interrupted") }
+        sandbox.sweepStale()
+        return ServiceContext(config: config, sandbox: sandbox, store: store, logger: logger)
+    }
+}
+
+/// Requires `Authorization: Bearer <token>` on every route but /health.
+struct TokenMiddleware<Context: RequestContext>: RouterMiddleware {
+    let token: String
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        if request.uri.path == "/health" { return try await next(request, context) }
+        let given = request.headers[.authorization] ?? ""
+        let expected = "Bearer " + token
+        // constant-time comparison
+        var diff = UInt8(given.utf8.count == expected.utf8.count ? 0 : 1)
+        for (a, b) in zip(given.utf8, expected.utf8) { diff |= a ^ b }
+        guard diff == 0 else {
+            var e = APIError(.unauthorized, "unauthorized", "a valid 'Authorization: Bearer <token>' header is required")
+            e.headers[.wwwAuthenticate] = "Bearer"
+            throw e
+        }
+        return try await next(request, context)
+    }
+}
+
+/// The one place the HTTP application is assembled; tests build the same one.
+public func buildRouter(_ svc: ServiceContext) -> Router<BasicRequestContext> {
+    let router = Router(context: BasicRequestContext.self)
+    if let t = svc.config.token, !t.isEmpty { router.add(middleware: TokenMiddleware(token: t)) }
+
+    router.post("execute") { request, _ -> Response in
+        let body: ByteBuffer
+        do {
+            body = try await request.body.collect(upTo: svc.config.maxBodyBytes)
+        } catch {
+            if let e = error as? any HTTPResponseError, e.status == .contentTooLarge {
+                throw APIError(.contentTooLarge, "body_too_large", "the body exceeds \(svc.config.maxBodyBytes) bytes")
+            }
+            throw APIError(.badRequest, "invalid_request", "the body could not be read: \(error)")
+        }
+        let req = try ExecuteRequestParser.parse(body, ranges: svc.config.ranges)
+        return try await execute(req, svc)
+    }
+
+    router.get("executions") { request, _ -> Response in
+        var q = ExecutionStore.ListQuery()
+        let p = request.uri.queryParameters
+        if let l = p["limit"] {
+            guard let v = Int(l), (1...500).contains(v) else { throw APIError(.badRequest, "invalid_query", "'limit' must be 1 to 500") }
+            q.limit = v
+        }
+        if let c = p["cursor"] {
+            guard let v = Int64(c) else { throw APIError(.badRequest, "invalid_query", "'cursor' must be an execution id") }
+            q.before = v
+        }
+        if let s = p["status"] { q.status = String(s) }
+        if let n = p["container_name"] { q.containerName = String(n) }
+        q.since = try date(p["since"], "since")
+        q.until = try date(p["until"], "until")
+        let rows = try await svc.store.list(q)
+        var page: [String: Any] = ["executions": rows]
+        page["next_cursor"] = rows.count == q.limit ? rows.last?["id"] ?? NSNull() : NSNull()
+        return JSONBody.response(JSONBody.encode(page))
+    }
+
+    router.get("executions/stats") { request, _ -> Response in
+        let p = request.uri.queryParameters
+        let stats = try await svc.store.stats(since: try date(p["since"], "since"), until: try date(p["until"], "until"))
+        return JSONBody.response(JSONBody.encode(stats))
+    }
+
+    router.get("executions/:id") { _, context -> Response in
+        guard let id = context.parameters.get("id", as: Int64.self) else {
+            throw APIError(.badRequest, "invalid_request", "the execution id must be an integer")
+        }
+        guard let row = try await svc.store.get(id: id) else {
+            throw APIError(.notFound, "not_found", "no execution with id \(id)")
+        }
+        return JSONBody.response(JSONBody.encode(row))
+    }
+
+    router.get("health") { _, _ -> Response in
+        let backend = try? Cgroups.shared()
+        let body: [String: Any] = [
+            "status": "ok",
+            "cgroups": backend != nil,
+            "cgroup_version": backend?.version.rawValue ?? NSNull(),
+            "in_flight": await svc.admission.inFlight,
+            "queued": await svc.admission.queued,
+        ]
+        return JSONBody.response(JSONBody.encode(body))
+    }
+
+    router.get("metrics") { _, _ -> Response in
+        svc.metrics.inFlight.set(Double(await svc.admission.inFlight))
+        svc.metrics.queueDepth.set(Double(await svc.admission.queued))
+        return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4"],
+                        body: .init(byteBuffer: ByteBuffer(string: svc.metrics.text())))
+    }
+
+    router.get("openapi.json") { _, _ -> Response in
+        JSONBody.response(OpenAPIDocument.json)
+    }
+    return router
+}
+
+func date(_ s: Substring?, _ name: String) throws -> Date? {
+    guard let s else { return nil }
+    if let d = ExecutionResult.parseTimestamp(String(s)) { return d }
+    let f = ISO8601DateFormatter()
+    if let d = f.date(from: String(s)) { return d }
+    throw APIError(.badRequest, "invalid_query", "'\(name)' must be an RFC 3339 timestamp")
+}
+
+/// Admission, a logged run, the response. The row is committed before the response.
+func execute(_ req: ExecutionRequest, _ svc: ServiceContext) async throws -> Response {
+    let queuedAt = Date()
+    do {
+        try await svc.admission.acquire()
+    } catch {
+        svc.metrics.rejections.increment()
+        var e = error == .draining
+            ? APIError(.serviceUnavailable, "shutting_down", "the service is shutting down")
+            : APIError(.tooManyRequests, "overloaded", "all \(svc.config.maxConcurrency) slots and \(svc.config.queueSize) queue places are taken")
+        e.headers[.retryAfter] = "1"
+        throw e
+    }
+    let id = Sandbox.newID()
+    let rowID: Int64
+    do {
+        rowID = try await svc.store.begin(code: req.code, name: req.name, containerID: id, queuedAt: queuedAt, startedAt: Date())
+    } catch {
+        await svc.admission.release()
+        svc.logger.error("cannot log a run: \(error)")
+        throw APIError(.serviceUnavailable, "storage_unavailable", "the execution log cannot be written")
+    }
+    let result = await svc.sandbox.run(req, id: id)
+    do {
+        try await svc.store.finish(id: rowID, result: result, finishedAt: Date())
+    } catch {
+        svc.logger.error("run \(id) (row \(rowID)): result not logged: \(error)")
+    }
+    await svc.admission.release()
+    svc.metrics.finished(result)
+    var headers: HTTPFields = [.contentType: "application/json"]
+    headers[HTTPField.Name("X-Execution-Id")!] = String(rowID)
+    return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(string: result.jsonString())))
+}
+
+/// The application with its server configuration.
+public func buildApplication(_ svc: ServiceContext) -> some ApplicationProtocol {
+    Application(
+        router: buildRouter(svc),
+        configuration: .init(address: .hostname(svc.config.host, port: svc.config.port), serverName: "sandpit"),
+        logger: svc.logger)
+}

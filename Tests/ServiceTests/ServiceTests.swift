@@ -1,0 +1,452 @@
+import Foundation
+import CgroupKit
+import GRDB
+import HTTPTypes
+import Hummingbird
+import HummingbirdTesting
+import Logging
+import Testing
+@testable import Sandbox
+@testable import Service
+
+enum Env {
+    static let isRoot = geteuid() == 0
+    static let inCI = ProcessInfo.processInfo.environment["CI"] == "true"
+    static let inVM = ProcessInfo.processInfo.environment["SANDPIT_IN_VM"] == "1"
+    static var shouldRun: Bool { isRoot || inCI }
+    static var slow: Double { inVM ? 20 : 1 }
+}
+
+/// The service tests' own state directory, so that their runs' scratch devices never
+/// mix with those the sandbox tests count.
+let serviceTestState = SandboxSettings().stateDirectory + "-service-tests"
+
+func tempDB() -> String {
+    "/tmp/sandpit-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).db"
+}
+
+func removeDB(_ path: String) {
+    for suffix in ["", "-wal", "-shm"] { unlink(path + suffix) }
+}
+
+func json(_ buffer: ByteBuffer) -> Any {
+    (try? JSONSerialization.jsonObject(with: Data(buffer: buffer), options: [.fragmentsAllowed])) ?? NSNull()
+}
+
+let openAPI = try! OpenAPICheck(json: OpenAPIDocument.json)
+
+/// A live server on a loopback port (port 0), a real HTTP client, a real SQLite file.
+func withService(_ edit: (inout ServiceConfig) -> Void = { _ in },
+                 _ body: @Sendable (any TestClientProtocol, ServiceContext) async throws -> Void) async throws {
+    let db = tempDB()
+    defer { removeDB(db) }
+    var config = ServiceConfig(databasePath: db)
+    config.port = 0
+    config.stateDirectory = serviceTestState
+    edit(&config)
+    var logger = Logger(label: "sandpit-test")
+    logger.logLevel = .warning
+    let svc = try await ServiceContext.open(config: config, logger: logger)
+    let app = buildApplication(svc)
+    try await app.test(.live) { client in try await body(client, svc) }
+    await svc.sandbox.quiesce()
+}
+
+extension TestClientProtocol {
+    func post(_ uri: String, _ body: String, token: String? = nil) async throws -> TestResponse {
+        var h: HTTPFields = [.contentType: "application/json"]
+        if let token { h[.authorization] = "Bearer " + token }
+        return try await execute(uri: uri, method: .post, headers: h, body: ByteBuffer(string: body))
+    }
+
+    func get(_ uri: String, token: String? = nil) async throws -> TestResponse {
+        var h: HTTPFields = [:]
+        if let token { h[.authorization] = "Bearer " + token }
+        return try await execute(uri: uri, method: .get, headers: h)
+    }
+}
+
+@Suite("Service: validation, auth, storage (unit-level, real HTTP)")
+struct ServiceBasicsTests {
+    @Test func openAPIFileMatchesTheServedDocument() throws {
+        let file = #filePath.split(separator: "/").dropLast(3).joined(separator: "/")
+        let text = try String(contentsOfFile: "/" + file + "/openapi.json", encoding: .utf8)
+        #expect(text.trimmingCharacters(in: .whitespacesAndNewlines) == OpenAPIDocument.json.trimmingCharacters(in: .whitespacesAndNewlines))
+    }
+
+    @Test(arguments: [
+        ("nope", "invalid_json"),
+        ("[1, 2]", "invalid_request"),
+        ("{}", "invalid_request"),
+        (#"{"code": 5}"#, "invalid_request"),
+        (#"{"code": null}"#, "invalid_request"),
+        (#"{"code": "print(1)", "time_limit": "10"}"#, "invalid_request"),
+        (#"{"code": "print(1)", "time_limit": true}"#, "invalid_request"),
+        (#"{"code": "print(1)", "time_limit": 100000}"#, "limit_out_of_range"),
+        (#"{"code": "print(1)", "memory_limit": 1024}"#, "limit_out_of_range"),
+        (#"{"code": "print(1)", "pids_limit": 2.5}"#, "invalid_request"),
+        (#"{"code": "print(1)", "args": [1]}"#, "invalid_request"),
+        (#"{"code": "print(1)", "container_name": ""}"#, "invalid_request"),
+        (#"{"code": "print(1)", "unexpected": 1}"#, "invalid_request"),
+    ])
+    func invalidRequestsGet400(_ body: String, _ code: String) async throws {
+        try await withService { client, svc in
+            let r = try await client.post("/execute", body)
+            #expect(r.status == .badRequest)
+            let obj = json(r.body) as? [String: Any]
+            #expect(obj?["error"] as? String == code, "\(body) → \(obj ?? [:])")
+            #expect((obj?["detail"] as? String)?.isEmpty == false)
+            #expect(openAPI.validate(obj ?? [:], path: "/execute", method: "post", status: 400).isEmpty)
+            // nothing was run or logged
+            #expect(try await svc.store.list(.init()).isEmpty)
+        }
+    }
+
+    @Test func bodyTooLargeGets413() async throws {
+        try await withService({ $0.maxBodyBytes = 1000 }) { client, _ in
+            let r = try await client.post("/execute", #"{"code": "\#(String(repeating: "#", count: 5000))"}"#)
+            #expect(r.status == .contentTooLarge)
+            let obj = json(r.body) as? [String: Any]
+            #expect(obj?["error"] as? String == "body_too_large")
+        }
+    }
+
+    @Test func queryValidationAndNotFound() async throws {
+        try await withService { client, _ in
+            #expect(try await client.get("/executions?limit=0").status == .badRequest)
+            #expect(try await client.get("/executions?cursor=abc").status == .badRequest)
+            #expect(try await client.get("/executions?since=yesterday").status == .badRequest)
+            let r = try await client.get("/executions/424242")
+            #expect(r.status == .notFound)
+            #expect(openAPI.validate(json(r.body), path: "/executions/{id}", method: "get", status: 404).isEmpty)
+            let h = try await client.get("/health")
+            #expect(h.status == .ok)
+            #expect(openAPI.validate(json(h.body), path: "/health", method: "get", status: 200).isEmpty)
+        }
+    }
+
+    @Test func authentication() async throws {
+        try await withService({ $0.token = "s3cret" }) { client, _ in
+            #expect(try await client.get("/health").status == .ok)  // liveness needs no token
+            let none = try await client.get("/executions")
+            #expect(none.status == .unauthorized)
+            #expect((json(none.body) as? [String: Any])?["error"] as? String == "unauthorized")
+            #expect(try await client.get("/executions", token: "wrong").status == .unauthorized)
+            #expect(try await client.get("/metrics", token: "s3cret!").status == .unauthorized)
+            #expect(try await client.post("/execute", #"{"code": "print(1)"}"#).status == .unauthorized)
+            #expect(try await client.get("/executions", token: "s3cret").status == .ok)
+            #expect(try await client.get("/openapi.json", token: "s3cret").status == .ok)
+        }
+        var open = ServiceConfig(databasePath: "/tmp/x.db")
+        open.host = "0.0.0.0"
+        #expect(throws: APIError.self) { try open.validate() }
+        open.token = "t"
+        #expect(throws: Never.self) { try open.validate() }
+    }
+
+    @Test func migrationOfALegacyDatabase() throws {
+        let path = tempDB()
+        defer { removeDB(path) }
+        // Another program's database, with the pre-enhancement table and rows.
+        do {
+            let q = try DatabaseQueue(path: path)
+            try q.write { db in
+                try db.execute(sql: Schema.legacyTable)
+                for i in 1...3 {
+                    try db.execute(sql: """
+                        INSERT INTO execution_logs (container_id, code, output, error, success, execution_time, created_at)
+                        VALUES (?, ?, ?, NULL, 1, ?, CURRENT_TIMESTAMP)
+                        """, arguments: ["c\(i)", "print(\(i))", "\(i)\n", Double(i) / 10])
+                }
+            }
+        }
+        let store = try ExecutionStore(path: path)
+        var lines: [String] = []
+        let first = try Schema.migrate(store.pool) { lines.append($0) }
+        #expect(first.addedColumns.count == Schema.addedColumns.count)
+        #expect(first.rows == 3)
+        #expect(lines.contains("added column cpu_user_time REAL"))
+        let columns = try store.pool.read { db in try db.columns(in: "execution_logs").map { ($0.name, $0.type) } }
+        let spec: [(String, String)] = [
+            ("id", "INTEGER"), ("container_id", "TEXT"), ("code", "TEXT"), ("output", "TEXT"), ("error", "TEXT"),
+            ("success", "BOOLEAN"), ("execution_time", "REAL"), ("created_at", "TIMESTAMP"),
+            ("cpu_user_time", "REAL"), ("cpu_system_time", "REAL"), ("cpu_percent", "REAL"),
+            ("memory_usage", "INTEGER"), ("memory_peak", "INTEGER"), ("memory_percent", "REAL"), ("memory_limit", "INTEGER"),
+            ("block_io_read", "INTEGER"), ("block_io_write", "INTEGER"), ("network_io_rx", "INTEGER"), ("network_io_tx", "INTEGER"),
+            ("pids_count", "INTEGER"), ("exit_code", "INTEGER"),
+        ]
+        for (name, type) in spec {
+            #expect(columns.contains { $0.0 == name && $0.1 == type }, "\(name) \(type) missing: \(columns)")
+        }
+        let rows = try store.pool.read { db in try Row.fetchAll(db, sql: "SELECT * FROM execution_logs ORDER BY id") }
+        #expect(rows.count == 3)
+        #expect(rows.map { $0["output"] as String? } == ["1\n", "2\n", "3\n"])
+        #expect(rows.allSatisfy { ($0["cpu_user_time"] as Double?) == nil && ($0["memory_peak"] as Int64?) == nil })
+        let second = try Schema.migrate(store.pool)
+        #expect(second.nothingToDo)
+        #expect(second.rows == 3)
+    }
+
+    @Test func admissionQueue() async throws {
+        let a = Admission(maxConcurrency: 1, queueSize: 1)
+        try await a.acquire()
+        async let waiting: Void = a.acquire()
+        try await Task.sleep(for: .milliseconds(50))
+        #expect(await a.queued == 1)
+        await #expect(throws: Admission.Refusal.full) { try await a.acquire() }
+        await a.release()  // hands the slot to the waiter
+        try await waiting
+        #expect(await a.inFlight == 1)
+        await a.release()
+        #expect(await a.inFlight == 0)
+    }
+}
+
+@Suite("Service: real runs over HTTP (root)", .enabled(if: Env.shouldRun), .serialized)
+struct ServiceRunTests {
+    @Test func specificationExamplesOverHTTP() async throws {
+        try #require(Env.isRoot, "privileged test run without root")
+        try await withService { client, svc in
+            let examples: [(String, (([String: Any]) -> Void))] = [
+                ("import math\nresult = sum(math.sqrt(i) for i in range(100000))\nprint(f\"Result: {result}\")", { r in
+                    #expect((r["output"] as? String)?.hasPrefix("Result: 21081692.74") == true)
+                    #expect(((r["cpu_user_time"] as? Double) ?? 0) + ((r["cpu_system_time"] as? Double) ?? 0) >= 0.005)
+                }),
+                ("big_list = list(range(1000000))\nprint(f\"Created list of {len(big_list)} items\")", { r in
+                    #expect(((r["memory_peak"] as? NSNumber)?.int64Value ?? 0) >= 30_000_000)
+                }),
+                ("import tempfile\nwith tempfile.NamedTemporaryFile(mode='w', delete=False) as f:\n    f.write('x' * 10000)\n    print(f'Wrote to {f.name}')", { r in
+                    #expect(((r["block_io_write"] as? NSNumber)?.int64Value ?? 0) >= 8192)
+                }),
+                ("import numpy as np\nprint(np.arange(12).reshape(3, 4).sum())", { r in
+                    #expect(r["output"] as? String == "66\n")
+                }),
+            ]
+            for (code, check) in examples {
+                let body = String(decoding: try JSONSerialization.data(withJSONObject: ["code": code, "container_name": "spec"]), as: UTF8.self)
+                let res = try await client.post("/execute", body)
+                #expect(res.status == .ok)
+                let r = json(res.body) as? [String: Any] ?? [:]
+                #expect(openAPI.validate(r, path: "/execute", method: "post", status: 200).isEmpty,
+                        "\(openAPI.validate(r, path: "/execute", method: "post", status: 200))")
+                #expect(r["status"] as? String == "ok" && r["container_name"] as? String == "spec")
+                check(r)
+                // The row was committed before the response: read it straight from SQLite.
+                let rowID = Int64(res.headers[HTTPField.Name("X-Execution-Id")!] ?? "") ?? -1
+                let row = try await svc.store.pool.read { db in
+                    try Row.fetchOne(db, sql: "SELECT container_id, status, success, code, exit_code, memory_peak FROM execution_logs WHERE id = ?", arguments: [rowID])
+                }
+                #expect(row?["container_id"] as String? == r["container_id"] as? String)
+                #expect(row?["status"] as String? == "ok")
+                #expect(row?["code"] as String? == code)
+                #expect(row?["exit_code"] as Int64? == 0)
+                let one = try await client.get("/executions/\(rowID)")
+                #expect(openAPI.validate(json(one.body), path: "/executions/{id}", method: "get", status: 200).isEmpty)
+            }
+            let list = try await client.get("/executions?limit=2&container_name=spec")
+            let page = json(list.body) as? [String: Any] ?? [:]
+            #expect(openAPI.validate(page, path: "/executions", method: "get", status: 200).isEmpty,
+                    "\(openAPI.validate(page, path: "/executions", method: "get", status: 200))")
+            let rows = page["executions"] as? [[String: Any]] ?? []
+            #expect(rows.count == 2)
+            let ids = rows.compactMap { ($0["id"] as? NSNumber)?.int64Value }
+            #expect(ids == ids.sorted(by: >))  // newest first
+            let next = (page["next_cursor"] as? NSNumber)?.int64Value ?? -1
+            let rest = json(try await client.get("/executions?cursor=\(next)").body) as? [String: Any] ?? [:]
+            #expect((rest["executions"] as? [Any])?.count == 2)
+            let stats = json(try await client.get("/executions/stats").body) as? [String: Any] ?? [:]
+            #expect(openAPI.validate(stats, path: "/executions/stats", method: "get", status: 200).isEmpty)
+            #expect((stats["count"] as? NSNumber)?.intValue == 4)
+            #expect((stats["success_rate"] as? NSNumber)?.doubleValue == 1)
+            let metrics = String(buffer: try await client.get("/metrics").body)
+            #expect(metrics.contains("sandpit_executions_total{status=\"ok\"} 4"))
+            #expect(metrics.contains("sandpit_execution_duration_seconds_count 4"))
+        }
+    }
+
+    @Test func failedRunsAreLoggedWithTheirStatus() async throws {
+        try #require(Env.isRoot, "privileged test run without root")
+        try await withService { client, svc in
+            let r = json(try await client.post("/execute", #"{"code": "import time\ntime.sleep(5)", "time_limit": 0.3}"#).body) as? [String: Any]
+            #expect(r?["status"] as? String == "timeout")
+            let rows = try await svc.store.list(.init())
+            #expect(rows.first?["status"] as? String == "timeout")
+            #expect(rows.first?["timed_out"] as? Bool == true)
+        }
+    }
+
+    @Test func overloadGets429() async throws {
+        try #require(Env.isRoot, "privileged test run without root")
+        try await withService({ $0.maxConcurrency = 1; $0.queueSize = 1 }) { client, svc in
+            // Five clients, each on its own connection.
+            let port = try #require(client.port)
+            let statuses = try await withThrowingTaskGroup(of: (HTTPResponse.Status, String?).self) { group in
+                for _ in 0..<5 {
+                    group.addTask {
+                        let (status, head, _) = try await httpExchange(port: port, "POST", "/execute", body: #"{"code": "import time\ntime.sleep(1.5)"}"#)
+                        let retry = head.split(separator: "\r\n").first { $0.lowercased().hasPrefix("retry-after:") }
+                            .map { $0.split(separator: ":").last.map { $0.trimmingCharacters(in: .whitespaces) } ?? "" }
+                        return (HTTPResponse.Status(code: status), retry)
+                    }
+                }
+                return try await group.reduce(into: []) { $0.append($1) }
+            }
+            let ok = statuses.filter { $0.0 == .ok }.count
+            let refused = statuses.filter { $0.0 == .tooManyRequests }
+            #expect(ok == 2, "\(statuses)")  // one running, one queued
+            #expect(refused.count == 3)
+            #expect(refused.allSatisfy { $0.1 == "1" })
+            #expect(ok + refused.count == 5)
+            let rows = try await svc.store.list(.init())
+            #expect(rows.count == ok)  // every run that started is logged; refused ones never started
+            let metrics = svc.metrics.text()
+            #expect(metrics.contains("sandpit_rejections_total 3"))
+        }
+    }
+}
+
+/// A `sandpit serve` process, for what only a separate process can show (kill -9, SIGTERM).
+final class ServerProcess: @unchecked Sendable {
+    let process = Process()
+    let port: Int
+    let db: String
+
+    static var binary: String {
+        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("sandpit").path
+    }
+
+    init(db: String, extra: [String] = []) throws {
+        self.db = db
+        port = Int.random(in: 20000...40000)
+        process.executableURL = URL(fileURLWithPath: Self.binary)
+        process.arguments = ["serve", "--port", String(port), "--db", db] + extra
+        var env = ProcessInfo.processInfo.environment
+        env["SANDPIT_STATE_DIR"] = serviceTestState
+        process.environment = env
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+    }
+
+    func waitReady() async throws {
+        for _ in 0..<200 {
+            if (try? await request("GET", "/health"))?.0 == 200 { return }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        throw CancellationError()
+    }
+
+    func request(_ method: String, _ path: String, body: String = "") async throws -> (Int, String) {
+        try await httpRequest(port: port, method, path, body: body)
+    }
+}
+
+@Suite("Service: process-level behaviour (root)", .enabled(if: Env.shouldRun), .serialized)
+struct ServiceProcessTests {
+    @Test func killDashNineDuringARunLeavesNothingAndIsRecorded() async throws {
+        try #require(Env.isRoot, "privileged test run without root")
+        let db = tempDB()
+        defer { removeDB(db) }
+        let first = try ServerProcess(db: db)
+        try await first.waitReady()
+        let marker = "sandpit-kill9-\(getpid())"
+        let pending = Task { try? await first.request("POST", "/execute", body: #"{"code": "import time\ntime.sleep(60)", "args": ["\#(marker)"], "container_name": "\#(marker)"}"#) }
+        // Wait until the run is logged as running and its program exists.
+        let store = try ExecutionStore(path: db)
+        var containerID = ""
+        for _ in 0..<400 {
+            if let row = try await store.list(.init()).first, row["status"] as? String == "running",
+               let cid = row["container_id"] as? String {
+                containerID = cid
+                if !processes(matching: marker).isEmpty { break }
+            }
+            try await Task.sleep(for: .milliseconds(25))
+        }
+        #expect(!containerID.isEmpty)
+        #expect(!processes(matching: marker).isEmpty)
+        kill(first.process.processIdentifier, SIGKILL)
+        first.process.waitUntilExit()
+        _ = await pending.value
+
+        // The run's init saw its parent die and ended the run: no process of it remains.
+        for _ in 0..<200 where !processes(matching: marker).isEmpty { try await Task.sleep(for: .milliseconds(25)) }
+        #expect(processes(matching: marker).isEmpty)
+
+        // Restart: the cgroup of the dead instance's run is swept, the row says interrupted.
+        let second = try ServerProcess(db: db)
+        try await second.waitReady()
+        defer { second.process.terminate(); second.process.waitUntilExit() }
+        let cgroups = try Cgroups.shared().parentDirectories.flatMap { SysFile.list($0) }.filter { $0.hasSuffix(containerID) }
+        #expect(cgroups.isEmpty, "left: \(cgroups)")
+        let (status, body) = try await second.request("GET", "/executions?container_name=\(marker)")
+        #expect(status == 200)
+        let page = try JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any]
+        let row = (page?["executions"] as? [[String: Any]])?.first
+        #expect(row?["status"] as? String == "interrupted")
+        #expect(row?["success"] as? Bool == false)
+    }
+
+    @Test func sigtermLetsRunsFinishThenStopsTheRest() async throws {
+        try #require(Env.isRoot, "privileged test run without root")
+        let db = tempDB()
+        defer { removeDB(db) }
+        let server = try ServerProcess(db: db, extra: ["--grace", String(1.0 * Env.slow)])
+        try await server.waitReady()
+        let short = Task { try await server.request("POST", "/execute", body: #"{"code": "import time\ntime.sleep(0.3)\nprint('done')"}"#) }
+        let long = Task { try await server.request("POST", "/execute", body: #"{"code": "import time\ntime.sleep(60)"}"#) }
+        try await Task.sleep(for: .milliseconds(Int(150 * Env.slow)))
+        kill(server.process.processIdentifier, SIGTERM)
+        let (s1, b1) = try await short.value
+        let (s2, b2) = try await long.value
+        #expect(s1 == 200 && b1.contains(#""output":"done\n""#))
+        #expect(s2 == 200 && b2.contains("stopped: the service shut down"))
+        server.process.waitUntilExit()
+        #expect(server.process.terminationStatus == 0)
+        let rows = try await ExecutionStore(path: db).list(.init())
+        #expect(Set(rows.compactMap { $0["status"] as? String }) == ["ok", "internal_error"])
+    }
+}
+
+func processes(matching marker: String) -> [String] {
+    ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).filter { Int($0) != nil }.filter {
+        let cmd = (try? Data(contentsOf: URL(fileURLWithPath: "/proc/\($0)/cmdline"))) ?? Data()
+        return String(decoding: cmd, as: UTF8.self).contains(marker)
+    }
+}
+
+/// A plain HTTP/1.1 request over its own TCP connection to 127.0.0.1 (a real client, no framework).
+func httpRequest(port: Int, _ method: String, _ path: String, body: String = "", headers: String = "") async throws -> (Int, String) {
+    let (status, _, text) = try await httpExchange(port: port, method, path, body: body, headers: headers)
+    return (status, text)
+}
+
+/// The same, returning the status, the head (status line and headers) and the body.
+func httpExchange(port: Int, _ method: String, _ path: String, body: String = "", headers: String = "") async throws -> (Int, String, String) {
+    return try await withCheckedThrowingContinuation { cont in
+        Thread.detachNewThread {
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            defer { close(fd) }
+            var addr = sockaddr_in()
+            addr.sin_family = sa_family_t(AF_INET)
+            addr.sin_port = in_port_t(UInt16(port).bigEndian)
+            addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+            let ok = withUnsafePointer(to: &addr) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
+            guard ok == 0 else { cont.resume(throwing: POSIXError(.ECONNREFUSED)); return }
+            let req = "\(method) \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\(headers)Content-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)"
+            _ = req.withCString { send(fd, $0, strlen($0), 0) }
+            var data = [UInt8]()
+            var buf = [UInt8](repeating: 0, count: 65536)
+            while true {
+                let n = recv(fd, &buf, buf.count, 0)
+                if n <= 0 { break }
+                data += buf[0..<n]
+            }
+            let text = String(decoding: data, as: UTF8.self)
+            let status = Int(text.split(separator: " ").dropFirst().first ?? "") ?? 0
+            let parts = text.components(separatedBy: "\r\n\r\n")
+            cont.resume(returning: (status, parts.first ?? "", parts.dropFirst().joined(separator: "\r\n\r\n")))
+        }
+    }
+}
