@@ -11,8 +11,8 @@ public final class Sandbox: Sendable {
     public let settings: SandboxSettings
     let logger: Logger
     let pending = PendingCounter()
-    let spare = SpareScratch()
-    let spareNetns = SpareFD()
+    let spare = Spare<Scratch>(dispose: { $0.release() })
+    let spareNetns = Spare<Int32>(dispose: { close($0) })
     let active = ActiveRuns()
 
     public init(settings: SandboxSettings = SandboxSettings(), logger: Logger = Logger(label: "sandpit")) {
@@ -43,7 +43,7 @@ public final class Sandbox: Sendable {
 
     /// A scratch of `size`: the one prepared in advance when it fits, else a new one.
     func takeScratch(size: UInt64) throws(SandboxError) -> Scratch {
-        if let s = spare.take(size: size) { return s }
+        if let s = spare.take(where: { $0.size == size }) { return s }
         return try Scratch.make(stateDirectory: settings.stateDirectory, size: size, uid: settings.uid, gid: settings.gid)
     }
 
@@ -78,7 +78,7 @@ public final class Sandbox: Sendable {
 
     /// Drops the scratch and network namespace prepared for the next run.
     public func releaseSpares() {
-        spare.take(size: RunLimits().scratchBytes)?.release()
+        spare.take()?.release()
         if let fd = spareNetns.take() { close(fd) }
     }
 
@@ -144,45 +144,34 @@ final class PendingCounter: @unchecked Sendable {
     var count: Int { lock.lock(); defer { lock.unlock() }; return value }
 }
 
-/// One scratch prepared ahead of the next run (a service's runs then skip the
-/// template copy, the loop attach and the ext4 mount). Its descriptors close with
-/// the process, so a crash leaves nothing behind.
-final class SpareScratch: @unchecked Sendable {
-    private var value: Scratch?
+/// One resource prepared ahead of the next run (a service's runs then skip making it
+/// on their critical path). What it holds is released with `dispose` when replaced;
+/// descriptors close with the process anyway, so a crash leaves nothing behind.
+final class Spare<T>: @unchecked Sendable {
+    private var value: T?
     private let lock = NSLock()
-    var isFull: Bool { lock.lock(); defer { lock.unlock() }; return value != nil }
-    func take(size: UInt64) -> Scratch? {
-        lock.lock(); defer { lock.unlock() }
-        guard let v = value, v.size == size else { return nil }
-        value = nil
-        return v
-    }
-    func put(_ s: Scratch) {
-        lock.lock()
-        let old = value
-        value = s
-        lock.unlock()
-        old?.release()
-    }
-}
+    private let dispose: (T) -> Void
 
-/// One descriptor prepared ahead of the next run (a network namespace).
-final class SpareFD: @unchecked Sendable {
-    private var value: Int32?
-    private let lock = NSLock()
+    init(dispose: @escaping (T) -> Void) {
+        self.dispose = dispose
+    }
+
     var isFull: Bool { lock.lock(); defer { lock.unlock() }; return value != nil }
-    func take() -> Int32? {
+
+    /// Takes the prepared value if `fits` accepts it.
+    func take(where fits: (T) -> Bool = { _ in true }) -> T? {
         lock.lock(); defer { lock.unlock() }
-        let v = value
+        guard let v = value, fits(v) else { return nil }
         value = nil
         return v
     }
-    func put(_ fd: Int32) {
+
+    func put(_ v: T) {
         lock.lock()
         let old = value
-        value = fd
+        value = v
         lock.unlock()
-        if let old { close(old) }
+        if let old { dispose(old) }
     }
 }
 

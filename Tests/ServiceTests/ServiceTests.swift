@@ -390,10 +390,10 @@ struct ServiceProcessTests {
         try #require(Env.isRoot, "privileged test run without root")
         let db = tempDB()
         defer { removeDB(db) }
-        let server = try ServerProcess(db: db, extra: ["--grace", String(1.0 * Env.slow)])
+        let server = try ServerProcess(db: db, extra: ["--grace", Env.inVM ? "6" : "1"])
         try await server.waitReady()
         let short = Task { try await server.request("POST", "/execute", body: #"{"code": "import time\ntime.sleep(0.3)\nprint('done')"}"#) }
-        let long = Task { try await server.request("POST", "/execute", body: #"{"code": "import time\ntime.sleep(60)"}"#) }
+        let long = Task { try await server.request("POST", "/execute", body: #"{"code": "import time\ntime.sleep(60)", "time_limit": 120}"#) }
         try await Task.sleep(for: .milliseconds(Int(150 * Env.slow)))
         kill(server.process.processIdentifier, SIGTERM)
         let (s1, b1) = try await short.value
