@@ -19,7 +19,7 @@ enum HostFixture {
     /// `cat` reading a pipe whose write end only this test process holds, so it ends
     /// with the test process and never holds the test runner's output open.
     static let sentinel: pid_t = {
-        FileManager.default.createFile(atPath: secretPath, contents: Data(secretContent.utf8))
+        _ = FileManager.default.createFile(atPath: secretPath, contents: Data(secretContent.utf8))
         setenv(envName, secretContent, 1)
         var fds: [Int32] = [-1, -1]
         _ = fds.withUnsafeMutableBufferPointer { pipe($0.baseAddress!) }
