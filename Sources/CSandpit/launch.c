@@ -406,16 +406,21 @@ static _Noreturn void sp_init_main(const sp_launch_spec *s) {
 }
 
 pid_t sp_launch(const sp_launch_spec *spec, int *pidfd_out) {
+    return sp_launch_ex(spec, 0, pidfd_out);
+}
+
+pid_t sp_launch_ex(const sp_launch_spec *spec, uint64_t extra_flags, int *pidfd_out) {
     struct clone_args args;
     memset(&args, 0, sizeof args);
     int pidfd = -1;
-    args.flags = CLONE_PIDFD | spec->ns_flags;
+    args.flags = CLONE_PIDFD | spec->ns_flags | extra_flags;
     if (spec->cgroup_fd >= 0) {
         args.flags |= CLONE_INTO_CGROUP;
         args.cgroup = (uint64_t)spec->cgroup_fd;
     }
     args.pidfd = (uint64_t)(uintptr_t)&pidfd;
-    args.exit_signal = SIGCHLD;
+    // With CLONE_PARENT the child's exit signal is the caller's own (clone3 wants 0 here).
+    args.exit_signal = (extra_flags & CLONE_PARENT) ? 0 : SIGCHLD;
 
     // No handler of the parent may run in the child before init resets them.
     sigset_t all, old;

@@ -79,7 +79,9 @@ struct Run: AsyncParsableCommand {
         }
         var logger = Logger(label: "sandpit")
         logger.logLevel = ProcessInfo.processInfo.environment["SANDPIT_LOG"].flatMap { Logger.Level(rawValue: $0) } ?? .warning
-        let sandbox = Sandbox(logger: logger)
+        // One run: cloning this small process is cheaper than starting a launcher, and
+        // nothing is prepared or kept for a next run.
+        let sandbox = Sandbox(settings: .oneShot(), logger: logger)
         let result = await sandbox.run(req)
         if json {
             print(result.jsonString(pretty: true))

@@ -70,6 +70,7 @@ struct Serve: AsyncParsableCommand {
         logger.info("sandpit serve on \(config.host):\(config.port), log \(config.databasePath), \(config.maxConcurrency) slots, queue \(config.queueSize)")
         try await group.run()
         await svc.sandbox.quiesce()
+        svc.sandbox.shutdown()
         withExtendedLifetime(sources) {}
     }
 }

@@ -36,6 +36,24 @@ public struct SandboxSettings: Sendable {
     public var uid: UInt32 = 65534
     public var gid: UInt32 = 65534
     public var hostname = "sandpit"
+    /// Clone runs from a small launcher process (the zygote) instead of from this
+    /// process. Pays off in a long-lived, large process (the service); a one-shot
+    /// CLI launches directly.
+    public var useLauncher = true
+    /// Scratch filesystems kept (emptied) for later runs.
+    public var scratchPoolSize = 8
+    /// After a run, prepare the next run's scratch and network namespace.
+    public var prepareAhead = true
+
+    /// Settings for a process that runs once and exits (the CLI): nothing is kept or
+    /// prepared for later runs.
+    public static func oneShot() -> SandboxSettings {
+        var s = SandboxSettings()
+        s.useLauncher = false
+        s.scratchPoolSize = 0
+        s.prepareAhead = false
+        return s
+    }
 
     public init(stateDirectory: String? = nil) {
         if let s = stateDirectory {

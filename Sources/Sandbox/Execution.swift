@@ -19,6 +19,8 @@ final class Execution {
     let backend: any CgroupBackend
     let run: RunCgroup
     let scratch: Scratch
+    /// This run's mount of the scratch (moved into the run by the init).
+    var scratchMountFD: Int32 = -1
     // parent ends
     let stdoutR: Int32, stderrR: Int32, execR: Int32, reportR: Int32
     var releaseW: Int32
@@ -62,8 +64,9 @@ final class Execution {
             scratch = try sandbox.takeScratch(size: limits.scratchBytes)
             do {
                 try scratch.writeProgram(Array(request.code.utf8), uid: sandbox.settings.uid, gid: sandbox.settings.gid)
+                scratchMountFD = try scratch.mountForRun()
             } catch {
-                scratch.release()
+                sandbox.recycle(scratch)
                 throw error
             }
         } catch {
@@ -110,7 +113,7 @@ final class Execution {
         let s = sandbox.settings
         let arena = CArena()
         let plan = RootPlan(newRoot: s.stateDirectory + "/root", sourceRoot: request.rootfs,
-                            scratchMountFD: scratch.mountFD,
+                            scratchMountFD: scratchMountFD,
                             uid: s.uid, gid: s.gid, hostname: s.hostname,
                             shmBytes: min(64 << 20, request.limits.memoryBytes / 2))
         let ops: [sp_mount_op] = plan.ops.map { op in
@@ -174,8 +177,12 @@ final class Execution {
 
         launchNs = monotonicNanos()
         var fd: Int32 = -1
-        let r = withExtendedLifetime(arena) { sp_launch(&spec, &fd) }
-        for f in [stdinFD, stdoutW, stderrW, execW, reportW, releaseR] { close(f) }
+        let r = withExtendedLifetime(arena) {
+            if let l = sandbox.launcher { return l.launch(&spec, pidfd: &fd) }
+            return sp_launch(&spec, &fd)
+        }
+        for f in [stdinFD, stdoutW, stderrW, execW, reportW, releaseR, scratchMountFD] where f >= 0 { close(f) }
+        scratchMountFD = -1
         if r < 0 {
             launchError = "clone3: \(String(cString: strerror(-r)))"
             return

@@ -11,14 +11,27 @@ public final class Sandbox: Sendable {
     public let settings: SandboxSettings
     let logger: Logger
     let pending = PendingCounter()
-    let spare = Spare<Scratch>(dispose: { $0.release() })
+    let pool: ScratchPool
     let spareNetns = Spare<Int32>(dispose: { close($0) })
     let active = ActiveRuns()
+    let launcher: Launcher?
 
     public init(settings: SandboxSettings = SandboxSettings(), logger: Logger = Logger(label: "sandpit")) {
         self.settings = settings
         self.logger = logger
+        launcher = settings.useLauncher ? Launcher(logger: logger) : nil
+        pool = ScratchPool(capacity: max(0, settings.scratchPoolSize))
     }
+
+    /// Starts the launcher and prepares the first run's scratch and network namespace
+    /// (a service calls this once it has set up its cgroups).
+    public func warmUp() {
+        launcher?.warmUp()
+        prepareSpare()
+    }
+
+    /// Pid of the launcher process, when one is running.
+    public var launcherPid: pid_t? { launcher?.zygotePid }
 
     /// Runs one request. Never throws: failures of the sandbox become a result with
     /// status `internal_error` and the reason in `error`. The blocking work runs on
@@ -33,7 +46,7 @@ public final class Sandbox: Sendable {
                 let (result, execution) = self.execute(request, id: id)
                 cont.resume(returning: result)
                 execution?.teardown()
-                self.prepareSpare()
+                if self.settings.prepareAhead { self.prepareSpare() }
                 self.pending.remove()
             }
             thread.stackSize = 1 << 20
@@ -41,11 +54,24 @@ public final class Sandbox: Sendable {
         }
     }
 
-    /// A scratch of `size`: the one prepared in advance when it fits, else a new one.
+    /// A scratch of `size`: an emptied one from the pool when there is one, else a new one.
     func takeScratch(size: UInt64) throws(SandboxError) -> Scratch {
-        if let s = spare.take(where: { $0.size == size }) { return s }
+        if let s = pool.take(size: size) { return s }
         return try Scratch.make(stateDirectory: settings.stateDirectory, size: size, uid: settings.uid, gid: settings.gid)
     }
+
+    /// After a run: empties its scratch and keeps it for a later run, or releases it.
+    func recycle(_ s: Scratch) {
+        guard pool.capacity > 0 else { return s.release() }
+        guard s.reset(uid: settings.uid, gid: settings.gid) else {
+            logger.debug("scratch \(s.devicePath) not reused (inodes \(s.inodesInUse().map(String.init) ?? "?"), empty \(s.baselineInodes))")
+            return s.release()
+        }
+        pool.put(s)
+    }
+
+    /// Scratches kept for later runs (tests).
+    public var pooledScratches: Int { pool.count }
 
     /// A fresh network namespace (lo up): the prepared one, else a new one; -1 if none
     /// can be made (the init then creates its own).
@@ -59,10 +85,11 @@ public final class Sandbox: Sendable {
     /// the critical path.
     func prepareSpare() {
         if !spareNetns.isFull { let fd = sp_new_netns(); if fd >= 0 { spareNetns.put(fd) } }
-        guard !spare.isFull else { return }
-        if let s = try? Scratch.make(stateDirectory: settings.stateDirectory, size: RunLimits().scratchBytes,
+        let size = RunLimits().scratchBytes
+        guard pool.capacity > 0, !pool.has(size: size) else { return }
+        if let s = try? Scratch.make(stateDirectory: settings.stateDirectory, size: size,
                                      uid: settings.uid, gid: settings.gid) {
-            spare.put(s)
+            pool.put(s)
         }
     }
 
@@ -76,14 +103,22 @@ public final class Sandbox: Sendable {
         return swept
     }
 
-    /// Drops the scratch and network namespace prepared for the next run.
+    /// Drops the scratches kept for later runs and the prepared network namespace.
     public func releaseSpares() {
-        spare.take()?.release()
+        pool.drain()
         if let fd = spareNetns.take() { close(fd) }
     }
 
-    deinit {
+    /// Releases what is kept between runs (pooled scratches, the prepared network
+    /// namespace) and stops the launcher. Call after `quiesce()`; later runs start
+    /// them again.
+    public func shutdown() {
         releaseSpares()
+        launcher?.stop()
+    }
+
+    deinit {
+        shutdown()
     }
 
     /// Stops every run in progress (service shutdown after its grace period). Each

@@ -1,22 +1,37 @@
 import CSandpit
 import Foundation
 
-/// A run's writable area: a fresh ext4 filesystem on its own loop device, sized
-/// to the run's scratch limit, mounted detached (in no mount namespace) with `tmp`
-/// (1777) and `work` (the sandbox user's) on it; the sandbox init attaches it. The
-/// image has no name on the host (O_TMPFILE) and the loop device clears itself
-/// (LO_FLAGS_AUTOCLEAR) once the mount is gone, so nothing can be left behind and
-/// host-side cleanup never walks files the program controlled.
+/// A run's writable area: an ext4 filesystem on its own loop device, sized to the
+/// run's scratch limit, with `tmp` (1777) and `work` (the sandbox user's) on it. The
+/// image has no name on the host (O_TMPFILE), the filesystem is mounted detached (in
+/// no mount namespace: each run gets its own mount of it, attached by the sandbox
+/// init), and the loop device clears itself (LO_FLAGS_AUTOCLEAR) once the last mount
+/// is gone, so nothing can be left behind.
+///
+/// A service reuses a scratch for later runs after `reset()` has emptied it (see
+/// `ScratchPool`): attaching a loop device flushes its backing file to disk, and an
+/// ext4 mount and unmount cost more than deleting a run's few files.
 public struct Scratch: Sendable {
     public let loopFD: Int32
     public let devicePath: String
-    /// The detached mount; handed to the init, which attaches it and closes its copy.
-    public let mountFD: Int32
+    /// The filesystem's root, as a detached mount held by this process: it keeps the
+    /// filesystem alive between runs and is the directory fd of all host-side work.
+    public let rootFD: Int32
     public let size: UInt64
+    /// Inodes in use when the scratch is empty (tmp/ and an empty work/).
+    public let baselineInodes: UInt64
+
+    /// A new detached mount of the same filesystem for one run (the init moves it
+    /// into the run's mount namespace; it goes away with that namespace).
+    func mountForRun() throws(SandboxError) -> Int32 {
+        let m = sp_mount_detached_ext4(devicePath)
+        guard m >= 0 else { throw SandboxError(.scratch, "mount \(devicePath) (ext4) for the run", errno: -m) }
+        return m
+    }
 
     /// Writes the program as `work/main.py` (read-only, owned by the sandbox user).
     func writeProgram(_ code: [UInt8], uid: UInt32, gid: UInt32) throws(SandboxError) {
-        let fd = sp_create_file_at(mountFD, "work/main.py", 0o444)
+        let fd = sp_create_file_at(rootFD, "work/main.py", 0o444)
         guard fd >= 0 else { throw SandboxError(.scratch, "create work/main.py", errno: -fd) }
         defer { close(fd) }
         var off = 0
@@ -31,11 +46,33 @@ public struct Scratch: Sendable {
         guard fchown(fd, uid, gid) == 0 else { throw SandboxError(.scratch, "chown work/main.py", errno: errno) }
     }
 
-    /// Drops the parent's holds on the mount and the loop device; the device detaches
-    /// once the run's mount namespace is gone.
+    /// Drops this process's holds on the filesystem and the loop device; the device
+    /// detaches once no run's mount of it remains.
     public func release() {
-        close(mountFD)
+        close(rootFD)
         close(loopFD)
+    }
+
+    /// Inodes in use now.
+    func inodesInUse() -> UInt64? {
+        let n = sp_inodes_in_use(rootFD)
+        return n >= 0 ? UInt64(n) : nil
+    }
+
+    /// Empties the scratch after a run whose every process is gone: `work` is removed
+    /// and made again, `tmp` is emptied. Returns false when the scratch must not be
+    /// reused (the run left more than `maxEntries` inodes or a tree deeper than 32
+    /// levels, or something could not be removed): it is then released instead.
+    func reset(uid: UInt32, gid: UInt32, maxEntries: UInt64 = 256) -> Bool {
+        guard let used = inodesInUse(), used <= baselineInodes + 1 + maxEntries else { return false }
+        guard Tree.removeContents(of: rootFD, keep: ["lost+found", "tmp"], depth: 0),
+              let tmp = Tree.openDirectory(rootFD, "tmp") else { return false }
+        let emptied = Tree.removeContents(of: tmp, keep: [], depth: 1)
+        close(tmp)
+        // (The removed `work` may stay allocated a moment longer: the run's bind mount of
+        // it goes away with the run's mount namespace, asynchronously. It has no name.)
+        return emptied && fchmodat(rootFD, "tmp", 0o1777, 0) == 0
+            && mkdirat(rootFD, "work", 0o755) == 0 && fchownat(rootFD, "work", uid, gid, 0) == 0
     }
 
     /// Copies a pre-formatted template (made once per size with mkfs.ext4) into an
@@ -59,14 +96,20 @@ public struct Scratch: Sendable {
             close(lfd)
             throw SandboxError(.scratch, "mount \(dev) (ext4)", errno: -mfd)
         }
-        let scratch = Scratch(loopFD: lfd, devicePath: dev, mountFD: mfd, size: size)
         guard mkdirat(mfd, "tmp", 0o1777) == 0, fchmodat(mfd, "tmp", 0o1777, 0) == 0,
               mkdirat(mfd, "work", 0o755) == 0, fchownat(mfd, "work", uid, gid, 0) == 0 else {
             let e = errno
-            scratch.release()
+            close(mfd)
+            close(lfd)
             throw SandboxError(.scratch, "prepare tmp and work on \(dev)", errno: e)
         }
-        return scratch
+        let inodes = sp_inodes_in_use(mfd)
+        guard inodes >= 0 else {
+            close(mfd)
+            close(lfd)
+            throw SandboxError(.scratch, "statfs \(dev)", errno: Int32(-inodes))
+        }
+        return Scratch(loopFD: lfd, devicePath: dev, rootFD: mfd, size: size, baselineInodes: UInt64(inodes))
     }
 
     /// `<state>/templates/ext4-<size>.img`, created atomically on first use.
@@ -93,6 +136,89 @@ public struct Scratch: Sendable {
         guard rename(tmp, path) == 0 else { throw SandboxError(.scratch, "rename \(tmp)", errno: errno) }
         return path
     }
+}
+
+/// Removal of what a finished run left in its scratch. Runs on the host as root
+/// after every process of the run is gone, so nothing can race it; it never follows
+/// a symlink (names come from the directory, directories are opened O_NOFOLLOW).
+enum Tree {
+    static func openDirectory(_ dirfd: Int32, _ name: String) -> Int32? {
+        let fd = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        return fd >= 0 ? fd : nil
+    }
+
+    /// Removes every entry of the directory `dirfd` but `keep`; false on any failure.
+    static func removeContents(of dirfd: Int32, keep: Set<String>, depth: Int) -> Bool {
+        guard depth <= 32 else { return false }
+        // A readable descriptor of the same directory (a mount fd is O_PATH-like).
+        let own = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard own >= 0 else { return false }
+        guard let dir = fdopendir(own) else {
+            close(own)
+            return false
+        }
+        defer { closedir(dir) }
+        var names: [(String, Bool)] = []
+        while let e = readdir(dir) {
+            let name = withUnsafePointer(to: e.pointee.d_name) { String(cString: UnsafeRawPointer($0).assumingMemoryBound(to: CChar.self)) }
+            if name == "." || name == ".." || keep.contains(name) { continue }
+            names.append((name, e.pointee.d_type == UInt8(DT_DIR)))
+        }
+        for (name, isDir) in names {
+            if isDir {
+                guard let sub = openDirectory(dirfd, name) else { return false }
+                let ok = removeContents(of: sub, keep: [], depth: depth + 1)
+                close(sub)
+                guard ok, unlinkat(dirfd, name, AT_REMOVEDIR) == 0 else { return false }
+            } else if unlinkat(dirfd, name, 0) != 0 {
+                return false
+            }
+        }
+        return true
+    }
+}
+
+/// Scratches emptied after their run, ready for the next ones (at most `capacity`).
+final class ScratchPool: @unchecked Sendable {
+    private var idle: [Scratch] = []
+    private let lock = NSLock()
+    let capacity: Int
+
+    init(capacity: Int) {
+        self.capacity = capacity
+    }
+
+    func take(size: UInt64) -> Scratch? {
+        lock.lock(); defer { lock.unlock() }
+        guard let i = idle.lastIndex(where: { $0.size == size }) else { return nil }
+        return idle.remove(at: i)
+    }
+
+    func has(size: UInt64) -> Bool {
+        lock.lock(); defer { lock.unlock() }
+        return idle.contains { $0.size == size }
+    }
+
+    /// Keeps `s` for a later run, or releases it when the pool is full.
+    func put(_ s: Scratch) {
+        lock.lock()
+        let keep = idle.count < capacity
+        if keep { idle.append(s) }
+        lock.unlock()
+        if !keep { s.release() }
+    }
+
+    func drain() {
+        lock.lock()
+        let all = idle
+        idle = []
+        lock.unlock()
+        for s in all { s.release() }
+    }
+
+    var count: Int { lock.lock(); defer { lock.unlock() }; return idle.count }
+    /// Loop devices of the idle scratches (tests).
+    var devices: [String] { lock.lock(); defer { lock.unlock() }; return idle.map(\.devicePath) }
 }
 
 /// posix_spawnp + waitpid for helper programs (mkfs). Blocking: call from a dedicated thread.

@@ -348,7 +348,7 @@ extension Execution {
         nsfd = -1
         do { try backend.remove(run) } catch { sandbox.logger.error("run \(id): \(error)") }
         let t2 = monotonicNanos()
-        scratch.release()
+        sandbox.recycle(scratch)
         if sandbox.logger.logLevel <= .debug {
             func ms(_ a: Int64, _ b: Int64) -> String { String(format: "%.2f", Double(b - a) / 1e6) }
             sandbox.logger.debug("run \(id) teardown (ms): init exit \(ms(t0, t1)) cgroup \(ms(t1, t2)) scratch \(ms(t2, monotonicNanos()))")

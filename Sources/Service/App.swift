@@ -64,6 +64,7 @@ public final class ServiceContext: Sendable {
         let interrupted = try await store.markInterrupted()
         if interrupted > 0 { logger.warning("marked \(interrupted) run(s) of a previous instance as interrupted") }
         sandbox.sweepStale()
+        Thread { sandbox.warmUp() }.start()  // the launcher and the first scratch, off the async pool
         return ServiceContext(config: config, sandbox: sandbox, store: store, logger: logger)
     }
 }

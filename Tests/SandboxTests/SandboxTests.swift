@@ -286,6 +286,103 @@ struct SandboxRunTests {
 
 }
 
+extension PrivilegedSandboxSuites {
+/// What a service keeps between runs: emptied scratch filesystems and the launcher.
+@Suite("Reuse between runs (root)")
+struct ReuseTests {
+    static func sandbox(pool: Int) -> Sandbox {
+        var s = SandboxSettings()
+        s.scratchPoolSize = pool
+        s.prepareAhead = false
+        return Sandbox(settings: s)
+    }
+
+    func run(_ sandbox: Sandbox, _ code: String) async throws -> ExecutionResult {
+        try #require(Env.isRoot, "privileged test run without root")
+        var req = ExecutionRequest(code: code)
+        req.limits.wallSeconds *= Env.slow
+        let r = await sandbox.run(req)
+        await sandbox.quiesce()
+        return r
+    }
+
+    @Test func aReusedScratchIsEmptyAndFresh() async throws {
+        let sandbox = Self.sandbox(pool: 1)
+        defer { sandbox.shutdown() }
+        let a = try await run(sandbox, #"""
+        import os
+        os.makedirs("/work/a/b/c")
+        open("/work/a/b/c/f", "w").write("secret-A")
+        open("/tmp/t", "w").write("secret-A")
+        os.symlink("/", "/tmp/rootlink")
+        os.symlink("/work/a", "/work/alink")
+        os.mkfifo("/tmp/fifo")
+        os.makedirs("/tmp/locked/inner")
+        open("/tmp/locked/inner/x", "w").write("x")
+        os.chmod("/tmp/locked/inner", 0)
+        os.chmod("/tmp/locked", 0)
+        os.chmod("/work", 0o700)
+        fd = os.open("/tmp/unlinked", os.O_CREAT | os.O_WRONLY)
+        os.write(fd, b"still open at exit")
+        os.unlink("/tmp/unlinked")
+        try:
+            os.setxattr("/work/a", "user.note", b"A")
+        except OSError:
+            pass
+        print("messed up")
+        """#)
+        #expect(a.status == .ok, "\(a.error ?? "")")
+        #expect(a.output == "messed up\n")
+        let kept = sandbox.pool.devices
+        #expect(kept.count == 1, "the emptied scratch is kept for the next run")
+
+        let b = try await run(sandbox, #"""
+        import os
+        for top in ("/tmp", "/work"):
+            for root, dirs, files in os.walk(top):
+                print(root, sorted(dirs), sorted(files))
+        for d in ("/work", "/tmp"):
+            st = os.stat(d)
+            print(d, oct(st.st_mode & 0o7777), st.st_uid)
+        """#)
+        #expect(b.status == .ok, "\(b.error ?? "")")
+        #expect(b.output == "/tmp [] []\n/work [] ['main.py']\n/work 0o755 65534\n/tmp 0o1777 0\n")
+        #expect(sandbox.pool.devices == kept, "the second run used the same scratch device")
+    }
+
+    @Test func aScratchLeftTooFullIsNotReused() async throws {
+        let sandbox = Self.sandbox(pool: 1)
+        defer { sandbox.shutdown() }
+        let a = try await run(sandbox, "for i in range(1000):\n    open(f'/tmp/f{i}', 'w').close()\nprint('ok')")
+        #expect(a.status == .ok && a.output == "ok\n")
+        #expect(sandbox.pooledScratches == 0, "a scratch with 1000 files left is released, not emptied")
+        let deep = try await run(sandbox, "import os\nos.makedirs('/tmp/' + '/'.join(['d'] * 40))\nprint('ok')")
+        #expect(deep.status == .ok && deep.output == "ok\n")
+        #expect(sandbox.pooledScratches == 0, "a tree deeper than the reset walks is released")
+        let b = try await run(sandbox, "import os\nprint(os.listdir('/tmp'))")
+        #expect(b.output == "[]\n")
+        #expect(sandbox.pooledScratches == 1)
+    }
+
+    @Test func runsContinueWhenTheLauncherDies() async throws {
+        let sandbox = Sandbox()
+        defer { sandbox.shutdown() }
+        let first = try await run(sandbox, "print('one')")
+        #expect(first.status == .ok && first.output == "one\n")
+        let zygote = try #require(sandbox.launcherPid, "the sandbox runs through its launcher")
+        #expect(SysFile.read("/proc/\(zygote)/comm") == "sandpit-zygote\n")
+        #expect(kill(zygote, SIGKILL) == 0)  // our own child
+        usleep(50_000)
+        let second = try await run(sandbox, "print('two')")
+        #expect(second.status == .ok && second.output == "two\n", "\(second.error ?? "")")
+        let third = try await run(sandbox, "print('three')")
+        #expect(third.status == .ok && third.output == "three\n")
+        let next = try #require(sandbox.launcherPid, "a new launcher was started")
+        #expect(next != zygote)
+    }
+}
+}
+
 /// What a run could leave on the host: run cgroups, mounts, attached loop devices.
 struct Leftovers: Equatable, CustomStringConvertible {
     var cgroups: [String]

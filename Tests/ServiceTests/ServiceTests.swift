@@ -50,6 +50,7 @@ func withService(_ edit: (inout ServiceConfig) -> Void = { _ in },
     let app = buildApplication(svc)
     try await app.test(.live) { client in try await body(client, svc) }
     await svc.sandbox.quiesce()
+    svc.sandbox.shutdown()
 }
 
 extension TestClientProtocol {

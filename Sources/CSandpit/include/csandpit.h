@@ -156,6 +156,25 @@ typedef struct sp_launch_spec {
 /// Starts the sandbox init with clone3(). Returns its pid (> 0) and its pidfd in
 /// *pidfd_out, or -errno. Only the parent returns.
 pid_t sp_launch(const sp_launch_spec *spec, int *pidfd_out);
+/// sp_launch with extra clone flags (the zygote passes CLONE_PARENT).
+pid_t sp_launch_ex(const sp_launch_spec *spec, uint64_t extra_flags, int *pidfd_out);
+
+// ---- the launcher ("zygote") ----
+// A service's process is large and multithreaded: cloning it for every run copies
+// its page tables and makes every page it writes afterwards a copy-on-write fault.
+// The zygote is a fresh, single-threaded, idle copy of the sandpit executable
+// (re-executed with the argument below, caught by a constructor before Swift's
+// main runs) that receives launch specs over a socket and clones the sandbox init
+// from its own small address space, with CLONE_PARENT: the init is the service's
+// child, exactly as with sp_launch.
+#define SP_ZYGOTE_ARG "--sandpit-internal-zygote"
+/// Starts a zygote from executable `exe` (normally /proc/self/exe). Returns the
+/// service's end of its socket (SOCK_SEQPACKET, CLOEXEC) and its pid in *pid_out,
+/// or -errno. The zygote exits when the socket closes or this process dies.
+int sp_zygote_start(const char *exe, pid_t *pid_out);
+/// Launches `spec` through the zygote on `sock` (one caller at a time). Same
+/// contract as sp_launch; -EPIPE / -ECONNRESET when the zygote is gone.
+pid_t sp_zygote_launch(int sock, const sp_launch_spec *spec, int *pidfd_out);
 
 /// Creates a network namespace with `lo` up, on a short-lived helper thread, and
 /// returns an fd that keeps it alive (or -errno). Used to take netns creation
@@ -207,6 +226,8 @@ int sp_memfd(const char *name);
 uint64_t sp_sandbox_ns_flags(void);
 /// open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC): a file with no name, gone when closed.
 int sp_open_tmpfile(const char *dir);
+/// Inodes in use on the filesystem of `fd` (fstatfs: f_files - f_ffree), or -errno.
+int64_t sp_inodes_in_use(int fd);
 
 #ifdef __cplusplus
 }
