@@ -42,6 +42,8 @@ public struct SandboxSettings: Sendable {
     public var useLauncher = true
     /// Scratch filesystems kept (emptied) for later runs.
     public var scratchPoolSize = 8
+    /// Network namespaces no packet went through, kept for later runs.
+    public var netnsPoolSize = 8
     /// After a run, prepare the next run's scratch and network namespace.
     public var prepareAhead = true
 
@@ -51,6 +53,7 @@ public struct SandboxSettings: Sendable {
         var s = SandboxSettings()
         s.useLauncher = false
         s.scratchPoolSize = 0
+        s.netnsPoolSize = 0
         s.prepareAhead = false
         return s
     }

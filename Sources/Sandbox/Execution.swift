@@ -29,6 +29,8 @@ final class Execution {
     var pid: pid_t = 0
     var pidfd: Int32 = -1
     var nsfd: Int32 = -1
+    /// No packet went through the run's network namespace (it may be reused).
+    var netQuiet = false
     var launchNs: Int64 = 0
     var launchError: String?
     var lastReadWasEOF = false

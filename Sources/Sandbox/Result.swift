@@ -145,11 +145,19 @@ extension ExecutionResult: Codable {
         stderrTruncated = try c.decode(Bool.self, forKey: .stderrTruncated)
     }
 
-    /// RFC 3339 UTC with milliseconds.
+    /// RFC 3339 UTC with milliseconds (rounded), e.g. `2026-11-29T03:42:23.146Z`.
     public static func timestamp(_ d: Date) -> String {
-        let f = ISO8601DateFormatter()
-        f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-        return f.string(from: d)
+        let total = Int64((d.timeIntervalSince1970 * 1000).rounded())
+        var secs = time_t(total / 1000)
+        let ms = Int(total % 1000)
+        var tm = tm()
+        gmtime_r(&secs, &tm)
+        func pad(_ v: Int, _ width: Int) -> String {
+            let s = String(v)
+            return s.count >= width ? s : String(repeating: "0", count: width - s.count) + s
+        }
+        return "\(pad(Int(tm.tm_year) + 1900, 4))-\(pad(Int(tm.tm_mon) + 1, 2))-\(pad(Int(tm.tm_mday), 2))T"
+            + "\(pad(Int(tm.tm_hour), 2)):\(pad(Int(tm.tm_min), 2)):\(pad(Int(tm.tm_sec), 2)).\(pad(ms, 3))Z"
     }
 
     public static func parseTimestamp(_ s: String) -> Date? {
@@ -158,11 +166,101 @@ extension ExecutionResult: Codable {
         return f.date(from: s)
     }
 
-    /// The JSON text of the result (sorted keys are not used: the field order follows the specification).
+    /// The JSON text of the result, fields in the specification's order. The compact
+    /// form (the API's response, on every request) is written directly; the pretty one
+    /// (the CLI's --json) goes through JSONEncoder.
     public func jsonString(pretty: Bool = false) -> String {
-        let enc = JSONEncoder()
-        enc.outputFormatting = pretty ? [.prettyPrinted, .withoutEscapingSlashes] : [.withoutEscapingSlashes]
-        let data = (try? enc.encode(self)) ?? Data("{}".utf8)
-        return String(decoding: data, as: UTF8.self)
+        if pretty {
+            let enc = JSONEncoder()
+            enc.outputFormatting = [.prettyPrinted, .withoutEscapingSlashes]
+            let data = (try? enc.encode(self)) ?? Data("{}".utf8)
+            return String(decoding: data, as: UTF8.self)
+        }
+        var w = JSONWriter()
+        w.field("success", success)
+        w.field("output", output)
+        w.field("error", error)
+        w.field("container_id", containerID)
+        w.field("container_name", containerName)
+        w.field("execution_time", executionTime)
+        w.field("exit_code", exitCode.map(Int64.init))
+        w.field("cpu_user_time", cpuUserTime)
+        w.field("cpu_system_time", cpuSystemTime)
+        w.field("cpu_percent", cpuPercent)
+        w.field("memory_usage", memoryUsage)
+        w.field("memory_peak", memoryPeak)
+        w.field("memory_percent", memoryPercent)
+        w.field("memory_limit", memoryLimit)
+        w.field("block_io_read", blockIORead)
+        w.field("block_io_write", blockIOWrite)
+        w.field("network_io_rx", networkIORx)
+        w.field("network_io_tx", networkIOTx)
+        w.field("pids_count", pidsCount)
+        w.field("status", status.rawValue)
+        w.field("signal", signal.map(Int64.init))
+        w.field("oom_killed", oomKilled)
+        w.field("timed_out", timedOut)
+        w.field("stdout_truncated", stdoutTruncated)
+        w.field("stderr_truncated", stderrTruncated)
+        w.field("started_at", Self.timestamp(startedAt))
+        return w.finish()
+    }
+}
+
+/// A flat JSON object written field by field (strings escaped per RFC 8259).
+struct JSONWriter {
+    private var out: [UInt8] = [UInt8(ascii: "{")]
+
+    private mutating func key(_ k: String) {
+        if out.count > 1 { out.append(UInt8(ascii: ",")) }
+        string(k)
+        out.append(UInt8(ascii: ":"))
+    }
+
+    private mutating func string(_ s: String) {
+        out.append(UInt8(ascii: "\""))
+        for b in s.utf8 {
+            switch b {
+            case UInt8(ascii: "\""): out.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "\"")])
+            case UInt8(ascii: "\\"): out.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "\\")])
+            case 0x0A: out.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "n")])
+            case 0x0D: out.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "r")])
+            case 0x09: out.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "t")])
+            case 0..<0x20:
+                let hex = Array("0123456789abcdef".utf8)
+                out.append(contentsOf: Array("\\u00".utf8))
+                out.append(hex[Int(b >> 4)])
+                out.append(hex[Int(b & 0xf)])
+            default: out.append(b)
+            }
+        }
+        out.append(UInt8(ascii: "\""))
+    }
+
+    private mutating func raw(_ s: String) { out.append(contentsOf: s.utf8) }
+
+    mutating func field(_ k: String, _ v: String?) {
+        key(k)
+        if let v { string(v) } else { raw("null") }
+    }
+
+    mutating func field(_ k: String, _ v: Bool) {
+        key(k)
+        raw(v ? "true" : "false")
+    }
+
+    mutating func field(_ k: String, _ v: Int64?) {
+        key(k)
+        raw(v.map { String($0) } ?? "null")
+    }
+
+    mutating func field(_ k: String, _ v: Double?) {
+        key(k)
+        if let v, v.isFinite { raw(v.description) } else { raw("null") }
+    }
+
+    mutating func finish() -> String {
+        out.append(UInt8(ascii: "}"))
+        return String(decoding: out, as: UTF8.self)
     }
 }

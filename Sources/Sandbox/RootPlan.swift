@@ -41,14 +41,17 @@ public struct RootPlan: Sendable {
         // A source entry appears as itself: a symlink is recreated, a directory or a file
         // is bound read-only onto a fresh mount point. Missing entries are skipped.
         func expose(_ sourcePath: String, at dst: String) {
-            if let target = try? FileManager.default.destinationOfSymbolicLink(atPath: sourcePath) {
+            switch SourceEntry.of(sourcePath) {
+            case .symlink(let target):
                 add(MountOp(kind: .symlink, src: target, dst: dst))
-            } else if SysDir.isDirectory(sourcePath) {
+            case .directory:
                 add(MountOp(kind: .mkdir, dst: dst))
                 add(MountOp(kind: .bind, flags: SP_BIND_RO, src: sourcePath, dst: dst))
-            } else if access(sourcePath, R_OK) == 0 {
+            case .file:
                 add(MountOp(kind: .touch, dst: dst, mode: 0o644))
                 add(MountOp(kind: .bind, flags: SP_BIND_RO, src: sourcePath, dst: dst))
+            case .missing:
+                break
             }
         }
         for d in Self.systemDirs { expose(src + "/" + d, at: "\(r)/\(d)") }
@@ -100,10 +103,46 @@ public struct RootPlan: Sendable {
     }
 }
 
-enum SysDir {
-    static func isDirectory(_ path: String) -> Bool {
+/// What a path of the source root is. Every run builds the same plan, so the answer
+/// is kept for 10 seconds (a package installed meanwhile shows up right after).
+enum SourceEntry: Equatable, Sendable {
+    case symlink(String), directory, file, missing
+
+    private static let cache = Cache()
+    private final class Cache: @unchecked Sendable {
+        var entries: [String: (SourceEntry, Int64)] = [:]
+        let lock = NSLock()
+    }
+
+    static func of(_ path: String) -> SourceEntry {
+        let now = monotonicNanos()
+        cache.lock.lock()
+        if let (e, at) = cache.entries[path], now - at < 10_000_000_000 {
+            cache.lock.unlock()
+            return e
+        }
+        cache.lock.unlock()
+        let e = classify(path)
+        cache.lock.lock()
+        cache.entries[path] = (e, now)
+        cache.lock.unlock()
+        return e
+    }
+
+    static func classify(_ path: String) -> SourceEntry {
         var st = stat()
-        return lstat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR
+        guard lstat(path, &st) == 0 else { return .missing }
+        switch st.st_mode & S_IFMT {
+        case S_IFLNK:
+            var buf = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+            let n = readlink(path, &buf, buf.count - 1)
+            guard n > 0 else { return .missing }
+            return .symlink(String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self))
+        case S_IFDIR:
+            return .directory
+        default:
+            return access(path, R_OK) == 0 ? .file : .missing
+        }
     }
 }
 

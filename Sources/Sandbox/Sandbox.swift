@@ -11,8 +11,8 @@ public final class Sandbox: Sendable {
     public let settings: SandboxSettings
     let logger: Logger
     let pending = PendingCounter()
-    let pool: ScratchPool
-    let spareNetns = Spare<Int32>(dispose: { close($0) })
+    let pool: ReusePool<Scratch>
+    let netnsPool: ReusePool<Int32>
     let active = ActiveRuns()
     let launcher: Launcher?
 
@@ -20,7 +20,8 @@ public final class Sandbox: Sendable {
         self.settings = settings
         self.logger = logger
         launcher = settings.useLauncher ? Launcher(logger: logger) : nil
-        pool = ScratchPool(capacity: max(0, settings.scratchPoolSize))
+        pool = ReusePool(capacity: max(0, settings.scratchPoolSize), dispose: { $0.release() })
+        netnsPool = ReusePool(capacity: max(0, settings.netnsPoolSize), dispose: { close($0) })
     }
 
     /// Starts the launcher and prepares the first run's scratch and network namespace
@@ -56,7 +57,7 @@ public final class Sandbox: Sendable {
 
     /// A scratch of `size`: an emptied one from the pool when there is one, else a new one.
     func takeScratch(size: UInt64) throws(SandboxError) -> Scratch {
-        if let s = pool.take(size: size) { return s }
+        if let s = pool.take(where: { $0.size == size }) { return s }
         return try Scratch.make(stateDirectory: settings.stateDirectory, size: size, uid: settings.uid, gid: settings.gid)
     }
 
@@ -73,20 +74,31 @@ public final class Sandbox: Sendable {
     /// Scratches kept for later runs (tests).
     public var pooledScratches: Int { pool.count }
 
-    /// A fresh network namespace (lo up): the prepared one, else a new one; -1 if none
-    /// can be made (the init then creates its own).
+    /// A network namespace with `lo` up and nothing else in it: a kept one, else a new
+    /// one; -1 if none can be made (the init then creates its own).
     func takeNetns() -> Int32 {
-        if let fd = spareNetns.take() { return fd }
+        if let fd = netnsPool.take() { return fd }
         let fd = sp_new_netns()
         return fd >= 0 ? fd : -1
     }
 
+    /// After a run: a network namespace through which not one packet went (its `lo`
+    /// counters are still 0, no IPv6 flow label lingers) holds nothing of the run once
+    /// its processes are gone, so it is kept for a later run; any other is closed.
+    func recycleNetns(_ fd: Int32, quiet: Bool) {
+        guard fd >= 0 else { return }
+        if quiet && netnsPool.capacity > 0 { netnsPool.put(fd) } else { close(fd) }
+    }
+
     /// Prepares the next run's scratch (the default size) and network namespace off
-    /// the critical path.
+    /// the critical path, when none is kept.
     func prepareSpare() {
-        if !spareNetns.isFull { let fd = sp_new_netns(); if fd >= 0 { spareNetns.put(fd) } }
+        if netnsPool.capacity > 0 && netnsPool.count == 0 {
+            let fd = sp_new_netns()
+            if fd >= 0 { netnsPool.put(fd) }
+        }
         let size = RunLimits().scratchBytes
-        guard pool.capacity > 0, !pool.has(size: size) else { return }
+        guard pool.capacity > 0, !pool.contains(where: { $0.size == size }) else { return }
         if let s = try? Scratch.make(stateDirectory: settings.stateDirectory, size: size,
                                      uid: settings.uid, gid: settings.gid) {
             pool.put(s)
@@ -106,7 +118,7 @@ public final class Sandbox: Sendable {
     /// Drops the scratches kept for later runs and the prepared network namespace.
     public func releaseSpares() {
         pool.drain()
-        if let fd = spareNetns.take() { close(fd) }
+        netnsPool.drain()
     }
 
     /// Releases what is kept between runs (pooled scratches, the prepared network

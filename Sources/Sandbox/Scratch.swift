@@ -178,34 +178,37 @@ enum Tree {
     }
 }
 
-/// Scratches emptied after their run, ready for the next ones (at most `capacity`).
-final class ScratchPool: @unchecked Sendable {
-    private var idle: [Scratch] = []
+/// Resources emptied after their run and kept for the next ones (at most
+/// `capacity`): scratch filesystems and quiet network namespaces.
+final class ReusePool<T>: @unchecked Sendable {
+    private var idle: [T] = []
     private let lock = NSLock()
+    private let dispose: (T) -> Void
     let capacity: Int
 
-    init(capacity: Int) {
+    init(capacity: Int, dispose: @escaping (T) -> Void) {
         self.capacity = capacity
+        self.dispose = dispose
     }
 
-    func take(size: UInt64) -> Scratch? {
+    func take(where fits: (T) -> Bool = { _ in true }) -> T? {
         lock.lock(); defer { lock.unlock() }
-        guard let i = idle.lastIndex(where: { $0.size == size }) else { return nil }
+        guard let i = idle.lastIndex(where: fits) else { return nil }
         return idle.remove(at: i)
     }
 
-    func has(size: UInt64) -> Bool {
+    func contains(where fits: (T) -> Bool = { _ in true }) -> Bool {
         lock.lock(); defer { lock.unlock() }
-        return idle.contains { $0.size == size }
+        return idle.contains(where: fits)
     }
 
-    /// Keeps `s` for a later run, or releases it when the pool is full.
-    func put(_ s: Scratch) {
+    /// Keeps `v` for a later run, or disposes of it when the pool is full.
+    func put(_ v: T) {
         lock.lock()
         let keep = idle.count < capacity
-        if keep { idle.append(s) }
+        if keep { idle.append(v) }
         lock.unlock()
-        if !keep { s.release() }
+        if !keep { dispose(v) }
     }
 
     func drain() {
@@ -213,12 +216,11 @@ final class ScratchPool: @unchecked Sendable {
         let all = idle
         idle = []
         lock.unlock()
-        for s in all { s.release() }
+        for v in all { dispose(v) }
     }
 
+    var items: [T] { lock.lock(); defer { lock.unlock() }; return idle }
     var count: Int { lock.lock(); defer { lock.unlock() }; return idle.count }
-    /// Loop devices of the idle scratches (tests).
-    var devices: [String] { lock.lock(); defer { lock.unlock() }; return idle.map(\.devicePath) }
 }
 
 /// posix_spawnp + waitpid for helper programs (mkfs). Blocking: call from a dedicated thread.

@@ -180,6 +180,11 @@ extension Execution {
             let n = sp_read_netdev_in_ns(nsfd, &buf, buf.count - 1)
             if n > 0 { net = StatParse.netDev(String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)) }
         }
+        if !initExited, let n = net, n.rxBytes == 0, n.txBytes == 0 {
+            // (a lingering IPv6 flow label is the one thing a run can leave without traffic)
+            let labels = SysFile.read("/proc/\(pid)/net/ip6_flowlabel") ?? ""
+            netQuiet = labels.split(separator: "\n").count <= 1
+        }
         let stats = backend.stats(run, [.cpu, .memory, .pids])  // what the result uses
         release()  // the init may exit now; teardown() waits for it
         if let rep = report, let e = execNs, sandbox.logger.logLevel <= .debug {
@@ -344,7 +349,8 @@ extension Execution {
         }
         let t1 = monotonicNanos()
         if !backend.processes(run).isEmpty { try? backend.kill(run) }
-        for fd in [stdoutR, stderrR, execR, reportR, nsfd] where fd >= 0 { close(fd) }
+        for fd in [stdoutR, stderrR, execR, reportR] where fd >= 0 { close(fd) }
+        sandbox.recycleNetns(nsfd, quiet: netQuiet)
         nsfd = -1
         do { try backend.remove(run) } catch { sandbox.logger.error("run \(id): \(error)") }
         let t2 = monotonicNanos()

@@ -32,6 +32,43 @@ struct ResultObjectTests {
         #expect(back == r)
     }
 
+    @Test func compactJSONMatchesTheEncoder() throws {
+        var r = ExecutionResult(containerID: "id/1", containerName: "n\"a\\m/e\u{1}\t", startedAt: Date(timeIntervalSince1970: 1_764_387_743.146))
+        r.output = "line\nquote\" back\\ ctl\u{0}\u{1f}\r é 🙂 \u{2028} </script>"
+        r.error = nil
+        r.success = true
+        r.status = .outputLimit
+        r.executionTime = 0.021684341
+        r.exitCode = 137
+        r.cpuUserTime = 1e-05
+        r.cpuSystemTime = 0
+        r.cpuPercent = 106.10421594089487
+        r.memoryUsage = 2_924_544
+        r.memoryPeak = 5_713_920
+        r.memoryPercent = 1.064300537109375
+        r.memoryLimit = 536_870_912
+        r.blockIORead = 0
+        r.blockIOWrite = 8192
+        r.networkIORx = 400_000
+        r.networkIOTx = nil
+        r.pidsCount = 3
+        r.signal = 9
+        r.oomKilled = true
+        r.stdoutTruncated = true
+        let compact = r.jsonString(), pretty = r.jsonString(pretty: true)
+        var a = try JSONDecoder().decode(ExecutionResult.self, from: Data(compact.utf8))
+        var b = try JSONDecoder().decode(ExecutionResult.self, from: Data(pretty.utf8))
+        #expect(abs(a.startedAt.timeIntervalSince(r.startedAt)) < 0.001)
+        #expect(abs(b.startedAt.timeIntervalSince(r.startedAt)) < 0.001)
+        a.startedAt = r.startedAt
+        b.startedAt = r.startedAt
+        #expect(a == r)
+        #expect(b == r)
+        #expect(compact.contains("\"started_at\":\"2025-11-29T03:42:23.146Z\""))
+        #expect(compact.hasPrefix("{\"success\":true,\"output\":\"line\\nquote\\\" back\\\\ ctl\\u0000\\u001f\\r é"))
+        #expect(ExecutionResult.timestamp(Date(timeIntervalSince1970: 0)) == "1970-01-01T00:00:00.000Z")
+    }
+
     @Test func threadPoolsFollowLimits() {
         var l = RunLimits()
         l.pids = 8
@@ -333,7 +370,7 @@ struct ReuseTests {
         """#)
         #expect(a.status == .ok, "\(a.error ?? "")")
         #expect(a.output == "messed up\n")
-        let kept = sandbox.pool.devices
+        let kept = sandbox.pool.items.map(\.devicePath)
         #expect(kept.count == 1, "the emptied scratch is kept for the next run")
 
         let b = try await run(sandbox, #"""
@@ -347,7 +384,7 @@ struct ReuseTests {
         """#)
         #expect(b.status == .ok, "\(b.error ?? "")")
         #expect(b.output == "/tmp [] []\n/work [] ['main.py']\n/work 0o755 65534\n/tmp 0o1777 0\n")
-        #expect(sandbox.pool.devices == kept, "the second run used the same scratch device")
+        #expect(sandbox.pool.items.map(\.devicePath) == kept, "the second run used the same scratch device")
     }
 
     @Test func aScratchLeftTooFullIsNotReused() async throws {
@@ -362,6 +399,41 @@ struct ReuseTests {
         let b = try await run(sandbox, "import os\nprint(os.listdir('/tmp'))")
         #expect(b.output == "[]\n")
         #expect(sandbox.pooledScratches == 1)
+    }
+
+    @Test func onlyAQuietNetworkNamespaceIsReused() async throws {
+        var settings = SandboxSettings()
+        settings.prepareAhead = false
+        settings.netnsPoolSize = 1
+        let sandbox = Sandbox(settings: settings)
+        defer { sandbox.shutdown() }
+        let ino = "import os\nprint(os.stat('/proc/self/ns/net').st_ino)\n"
+        let a = try await run(sandbox, ino)
+        let b = try await run(sandbox, ino)
+        #expect(a.status == .ok && b.status == .ok)
+        #expect(a.output == b.output, "a namespace no packet went through is kept")
+        #expect(b.networkIORx == 0 && b.networkIOTx == 0)
+        // Traffic (a TCP connection to itself, leaving TIME_WAIT behind) → not kept.
+        let c = try await run(sandbox, ino + """
+        import socket
+        srv = socket.socket(); srv.bind(("127.0.0.1", 8080)); srv.listen()
+        cli = socket.create_connection(("127.0.0.1", 8080)); conn, _ = srv.accept()
+        conn.sendall(b"x" * 1000); cli.recv(10); conn.close(); cli.close(); srv.close()
+        """)
+        #expect(c.status == .ok, "\(c.error ?? "")")
+        #expect(c.output == b.output, "the traffic ran in the kept namespace")
+        #expect((c.networkIOTx ?? 0) >= 1000)
+        let d = try await run(sandbox, ino + """
+        import socket
+        srv = socket.socket(); srv.bind(("127.0.0.1", 8080)); srv.listen(); print("bound")
+        print(open("/proc/net/tcp").read().count("\\n") - 1)
+        """)
+        #expect(d.status == .ok, "\(d.error ?? "")")
+        let lines = d.output.split(separator: "\n")
+        #expect(lines.count == 3 && lines[0] != c.output.split(separator: "\n").first, "a new namespace after traffic: \(d.output)")
+        #expect(lines.dropFirst().first == "bound")
+        #expect(lines.last == "1", "only this run's listener is in its namespace: \(d.output)")
+        #expect(d.networkIORx == 0 && d.networkIOTx == 0)
     }
 
     @Test func runsContinueWhenTheLauncherDies() async throws {
