@@ -85,34 +85,37 @@ extension ExecutionResult: Codable {
         case startedAt = "started_at"
     }
 
+    /// One field's value, for the two writers (JSONEncoder and the compact one).
+    enum Field {
+        case string(String?), bool(Bool), int(Int64?), double(Double?)
+    }
+
+    /// Every field in the specification's order, then sandpit's.
+    var fields: [(CodingKeys, Field)] {
+        [(.success, .bool(success)), (.output, .string(output)), (.error, .string(error)),
+         (.containerID, .string(containerID)), (.containerName, .string(containerName)),
+         (.executionTime, .double(executionTime)), (.exitCode, .int(exitCode.map(Int64.init))),
+         (.cpuUserTime, .double(cpuUserTime)), (.cpuSystemTime, .double(cpuSystemTime)),
+         (.cpuPercent, .double(cpuPercent)), (.memoryUsage, .int(memoryUsage)), (.memoryPeak, .int(memoryPeak)),
+         (.memoryPercent, .double(memoryPercent)), (.memoryLimit, .int(memoryLimit)),
+         (.blockIORead, .int(blockIORead)), (.blockIOWrite, .int(blockIOWrite)),
+         (.networkIORx, .int(networkIORx)), (.networkIOTx, .int(networkIOTx)), (.pidsCount, .int(pidsCount)),
+         (.status, .string(status.rawValue)), (.signal, .int(signal.map(Int64.init))),
+         (.oomKilled, .bool(oomKilled)), (.timedOut, .bool(timedOut)),
+         (.stdoutTruncated, .bool(stdoutTruncated)), (.stderrTruncated, .bool(stderrTruncated)),
+         (.startedAt, .string(Self.timestamp(startedAt)))]
+    }
+
     public func encode(to encoder: any Encoder) throws {
         var c = encoder.container(keyedBy: CodingKeys.self)
-        try c.encode(success, forKey: .success)
-        try c.encode(output, forKey: .output)
-        try c.encode(error, forKey: .error)
-        try c.encode(containerID, forKey: .containerID)
-        try c.encode(containerName, forKey: .containerName)
-        try c.encode(executionTime, forKey: .executionTime)
-        try c.encode(exitCode, forKey: .exitCode)
-        try c.encode(cpuUserTime, forKey: .cpuUserTime)
-        try c.encode(cpuSystemTime, forKey: .cpuSystemTime)
-        try c.encode(cpuPercent, forKey: .cpuPercent)
-        try c.encode(memoryUsage, forKey: .memoryUsage)
-        try c.encode(memoryPeak, forKey: .memoryPeak)
-        try c.encode(memoryPercent, forKey: .memoryPercent)
-        try c.encode(memoryLimit, forKey: .memoryLimit)
-        try c.encode(blockIORead, forKey: .blockIORead)
-        try c.encode(blockIOWrite, forKey: .blockIOWrite)
-        try c.encode(networkIORx, forKey: .networkIORx)
-        try c.encode(networkIOTx, forKey: .networkIOTx)
-        try c.encode(pidsCount, forKey: .pidsCount)
-        try c.encode(status, forKey: .status)
-        try c.encode(signal, forKey: .signal)
-        try c.encode(oomKilled, forKey: .oomKilled)
-        try c.encode(timedOut, forKey: .timedOut)
-        try c.encode(stdoutTruncated, forKey: .stdoutTruncated)
-        try c.encode(stderrTruncated, forKey: .stderrTruncated)
-        try c.encode(Self.timestamp(startedAt), forKey: .startedAt)
+        for (key, value) in fields {
+            switch value {
+            case .string(let v): try c.encode(v, forKey: key)
+            case .bool(let v): try c.encode(v, forKey: key)
+            case .int(let v): try c.encode(v, forKey: key)
+            case .double(let v): try c.encode(v, forKey: key)
+            }
+        }
     }
 
     public init(from decoder: any Decoder) throws {
@@ -177,32 +180,14 @@ extension ExecutionResult: Codable {
             return String(decoding: data, as: UTF8.self)
         }
         var w = JSONWriter()
-        w.field("success", success)
-        w.field("output", output)
-        w.field("error", error)
-        w.field("container_id", containerID)
-        w.field("container_name", containerName)
-        w.field("execution_time", executionTime)
-        w.field("exit_code", exitCode.map(Int64.init))
-        w.field("cpu_user_time", cpuUserTime)
-        w.field("cpu_system_time", cpuSystemTime)
-        w.field("cpu_percent", cpuPercent)
-        w.field("memory_usage", memoryUsage)
-        w.field("memory_peak", memoryPeak)
-        w.field("memory_percent", memoryPercent)
-        w.field("memory_limit", memoryLimit)
-        w.field("block_io_read", blockIORead)
-        w.field("block_io_write", blockIOWrite)
-        w.field("network_io_rx", networkIORx)
-        w.field("network_io_tx", networkIOTx)
-        w.field("pids_count", pidsCount)
-        w.field("status", status.rawValue)
-        w.field("signal", signal.map(Int64.init))
-        w.field("oom_killed", oomKilled)
-        w.field("timed_out", timedOut)
-        w.field("stdout_truncated", stdoutTruncated)
-        w.field("stderr_truncated", stderrTruncated)
-        w.field("started_at", Self.timestamp(startedAt))
+        for (key, value) in fields {
+            switch value {
+            case .string(let v): w.field(key.rawValue, v)
+            case .bool(let v): w.field(key.rawValue, v)
+            case .int(let v): w.field(key.rawValue, v)
+            case .double(let v): w.field(key.rawValue, v)
+            }
+        }
         return w.finish()
     }
 }
