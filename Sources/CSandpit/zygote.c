@@ -41,6 +41,7 @@ typedef struct sp_z_reply {
 
 typedef struct packer {
     char *buf;
+    size_t cap;
     size_t len;
     int err;
     int fds[SP_Z_MAXFDS];
@@ -49,7 +50,7 @@ typedef struct packer {
 
 static uintptr_t pk_put(packer *p, const void *src, size_t n) {
     size_t off = (p->len + 15) & ~(size_t)15;
-    if (p->err || off + n > SP_Z_BUF) {
+    if (p->err || off + n > p->cap) {
         p->err = E2BIG;
         return 0;
     }
@@ -349,15 +350,19 @@ int sp_zygote_start(const char *exe, pid_t *pid_out) {
 }
 
 pid_t sp_zygote_launch(int sock, const sp_launch_spec *spec, int *pidfd_out) {
+    // A usual spec takes ~20 KB: a buffer below malloc's mmap threshold first (a
+    // 256 KB one would be mmap'ed and munmap'ed, with a TLB shootdown, per run).
     packer p;
-    memset(&p, 0, sizeof p);
-    p.buf = malloc(SP_Z_BUF);
-    if (!p.buf) return -ENOMEM;
-    int r = sp_z_pack(&p, spec);
-    if (r < 0) {
-        free(p.buf);
-        return r;
+    int r = -E2BIG;
+    for (size_t cap = 64 * 1024; cap <= SP_Z_BUF && r == -E2BIG; cap *= 4) {
+        memset(&p, 0, sizeof p);
+        p.cap = cap;
+        p.buf = malloc(cap);
+        if (!p.buf) return -ENOMEM;
+        r = sp_z_pack(&p, spec);
+        if (r < 0) free(p.buf);
     }
+    if (r < 0) return r;
     int sent = sp_z_send(sock, p.buf, p.len, p.fds, p.nfds);
     free(p.buf);
     if (sent < 0) return -EPIPE;  // nothing was launched: the caller may launch otherwise
