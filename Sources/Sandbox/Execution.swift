@@ -9,6 +9,52 @@ import Foundation
     return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
 }
 
+/// A run's scratch with its program written and a mount for the run: taken from the
+/// pool on the calling thread, or made on a helper thread while the caller goes on.
+final class ScratchPrep: @unchecked Sendable {
+    private var result: Result<(Scratch, Int32), SandboxError>?
+    private let done = DispatchSemaphore(value: 0)
+    private let async: Bool
+    /// When the scratch was ready.
+    private(set) var readyNs: Int64 = 0
+
+    init(sandbox: Sandbox, size: UInt64, code: [UInt8]) {
+        let work: @Sendable () -> Result<(Scratch, Int32), SandboxError> = {
+            let scratch: Scratch
+            do throws(SandboxError) {
+                scratch = try sandbox.takeScratch(size: size)
+            } catch {
+                return .failure(error)
+            }
+            do throws(SandboxError) {
+                try scratch.writeProgram(code, uid: sandbox.settings.uid, gid: sandbox.settings.gid)
+                return .success((scratch, try scratch.mountForRun()))
+            } catch {
+                sandbox.recycle(scratch)
+                return .failure(error)
+            }
+        }
+        async = !sandbox.pool.contains(where: { $0.size == size })
+        if async {
+            let t = Thread { [self] in
+                result = work()
+                readyNs = monotonicNanos()
+                done.signal()
+            }
+            t.stackSize = 256 << 10
+            t.start()
+        } else {
+            result = work()
+            readyNs = monotonicNanos()
+        }
+    }
+
+    func wait() -> Result<(Scratch, Int32), SandboxError> {
+        if async { done.wait() }
+        return result!
+    }
+}
+
 /// One run from cgroup creation to teardown. Lives on one dedicated thread.
 final class Execution {
     enum KillReason { case wallTime, cpuTime, output, memoryThrash, stopped }
@@ -32,6 +78,8 @@ final class Execution {
     /// No packet went through the run's network namespace (it may be reused).
     var netQuiet = false
     var launchNs: Int64 = 0
+    /// When preparing began, the cgroup existed, and the scratch was ready (debug log).
+    var prepNs: (start: Int64, cgroup: Int64, scratch: Int64) = (0, 0, 0)
     var launchError: String?
     var lastReadWasEOF = false
     let stopLock = NSLock()
@@ -57,22 +105,23 @@ final class Execution {
         guard access(root + request.python, X_OK) == 0 else {
             throw SandboxError(.invalid, "interpreter \(request.python) is not executable in root \(request.rootfs)", errno: errno)
         }
+        let t0 = monotonicNanos()
         backend = try Cgroups.shared()
         let limits = request.limits
+        // Without a kept scratch (the CLI, a cold service), making one (copy, loop
+        // device, mount) is the longest step: it runs on a helper thread meanwhile.
+        let code = Array(request.code.utf8)
+        let prep = ScratchPrep(sandbox: sandbox, size: limits.scratchBytes, code: code)
         var cg = CgroupLimits(memoryBytes: limits.memoryBytes, pidsMax: limits.pids + 1)  // + the init
         if let cores = limits.cpuCores { cg.cpuQuotaUsec = UInt64(max(1000, cores * 100_000)) }
-        run = try backend.createRun(name: RunName.make(id: id), limits: cg)
         do {
-            scratch = try sandbox.takeScratch(size: limits.scratchBytes)
-            do {
-                try scratch.writeProgram(Array(request.code.utf8), uid: sandbox.settings.uid, gid: sandbox.settings.gid)
-                scratchMountFD = try scratch.mountForRun()
-            } catch {
-                sandbox.recycle(scratch)
-                throw error
-            }
+            run = try backend.createRun(name: RunName.make(id: id), limits: cg)
+            prepNs = (t0, monotonicNanos(), 0)
         } catch {
-            try? backend.remove(run)
+            if case .success(let (s, m)) = prep.wait() {
+                close(m)
+                sandbox.recycle(s)
+            }
             throw error
         }
         func pipe() -> (Int32, Int32) {
@@ -87,10 +136,22 @@ final class Execution {
         (releaseR, releaseW) = pipe()
         for fd in [stdoutR, stderrR, execR, reportR] { _ = fcntl(fd, F_SETFL, O_NONBLOCK) }
         nsfd = sandbox.takeNetns()
-        stdinFD = sp_memfd("sandpit-stdin")
-        if stdinFD >= 0 && !request.stdin.isEmpty {
-            _ = request.stdin.withUnsafeBytes { write(stdinFD, $0.baseAddress, $0.count) }
-            lseek(stdinFD, 0, SEEK_SET)
+        let memfd = sp_memfd("sandpit-stdin")
+        if memfd >= 0 && !request.stdin.isEmpty {
+            _ = request.stdin.withUnsafeBytes { write(memfd, $0.baseAddress, $0.count) }
+            lseek(memfd, 0, SEEK_SET)
+        }
+        stdinFD = memfd
+        switch prep.wait() {
+        case .success(let (s, m)):
+            scratch = s
+            scratchMountFD = m
+            prepNs.scratch = prep.readyNs
+        case .failure(let error):
+            for fd in [stdoutR, stdoutW, stderrR, stderrW, execR, execW, reportR, reportW, releaseR, releaseW, nsfd, stdinFD]
+            where fd >= 0 { close(fd) }
+            try? backend.remove(run)
+            throw error
         }
     }
 

@@ -190,7 +190,7 @@ extension Execution {
         if let rep = report, let e = execNs, sandbox.logger.logLevel <= .debug {
             let p = rep.phase_ns
             func ms(_ a: Int64, _ b: Int64) -> String { String(format: "%.2f", Double(b - a) / 1e6) }
-            sandbox.logger.debug("run \(id) phases (ms): clone \(ms(launchNs, p.0)) namespaces \(ms(p.0, p.1)) root \(ms(p.1, p.2)) fork \(ms(p.2, p.3)) exec \(ms(p.3, e)) program \(ms(e, rep.exit_ns)) reap-rest \(ms(rep.exit_ns, p.4)) collect \(ms(p.4, monotonicNanos()))")
+            sandbox.logger.debug("run \(id) phases (ms): prepare \(ms(prepNs.start, launchNs)) (cgroup \(ms(prepNs.start, prepNs.cgroup)), scratch \(ms(prepNs.start, prepNs.scratch))) clone \(ms(launchNs, p.0)) namespaces \(ms(p.0, p.1)) root \(ms(p.1, p.2)) fork \(ms(p.2, p.3)) exec \(ms(p.3, e)) program \(ms(e, rep.exit_ns)) reap-rest \(ms(rep.exit_ns, p.4)) collect \(ms(p.4, monotonicNanos()))")
         }
 
         // ---- map to the result ----
