@@ -61,7 +61,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "Bench",
-            dependencies: ["Sandbox"],
+            dependencies: ["Sandbox", .product(name: "Logging", package: "swift-log")],
             path: "Sources/Bench"
         ),
         .testTarget(

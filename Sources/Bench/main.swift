@@ -2,6 +2,7 @@
 // metrics + teardown) against spawning bare python from the same process, measured
 // alternately in one run so that both see the same machine state.
 import Foundation
+import Logging
 import Sandbox
 
 func now() -> Double {
@@ -27,7 +28,13 @@ func median(_ xs: [Double]) -> Double {
 }
 
 let runs = CommandLine.arguments.count > 1 ? Int(CommandLine.arguments[1]) ?? 200 : 200
-let sandbox = Sandbox()
+// SANDPIT_BENCH_DIRECT=1: clone each run from this process instead of the launcher.
+var settings = SandboxSettings()
+settings.useLauncher = ProcessInfo.processInfo.environment["SANDPIT_BENCH_DIRECT"] != "1"
+settings.spareCgroup = true  // as the service runs; shut down below
+var logger = Logger(label: "sandpit-bench")
+logger.logLevel = ProcessInfo.processInfo.environment["SANDPIT_LOG"].flatMap { Logger.Level(rawValue: $0) } ?? .warning
+let sandbox = Sandbox(settings: settings, logger: logger)
 var b: [Double] = [], s: [Double] = [], full: [Double] = [], exec: [Double] = []
 for i in 0..<(runs + 10) {
     let tb = bare("/usr/bin/python3")
@@ -49,3 +56,5 @@ print(String(format: "| … until its teardown has finished too | %.2f |", media
 print(String(format: "| of which python itself (execution_time) | %.2f |", median(exec)))
 print(String(format: "| **overhead over bare python, to the result** | **%+.2f** |", ms - mb))
 print(String(format: "| overhead over bare python, including teardown | %+.2f |", median(full) - mb))
+await sandbox.quiesce()
+sandbox.shutdown()

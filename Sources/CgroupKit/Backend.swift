@@ -56,6 +56,10 @@ public protocol CgroupBackend: Sendable {
     /// to a leaf on v2 when its own group holds processes).
     func prepare() throws(CgroupError)
     func createRun(name: String, limits: CgroupLimits) throws(CgroupError) -> RunCgroup
+    /// Turns `spare`, a run cgroup made ahead with no limits and never used, into the
+    /// run `name` with `limits` (rename + limit writes: cheaper than mkdir on the
+    /// critical path). On failure `spare` is left as it was.
+    func adopt(_ spare: RunCgroup, name: String, limits: CgroupLimits) throws(CgroupError) -> RunCgroup
     func stats(_ run: RunCgroup, _ selection: StatsSelection) -> CgroupStats
     func processes(_ run: RunCgroup) -> [Int32]
     /// Kills every process of the run cgroup and waits until it is empty.

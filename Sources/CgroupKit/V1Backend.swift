@@ -47,27 +47,52 @@ public final class V1Backend: CgroupBackend {
                 created.append(dir)
                 for c in h.controllers where Self.wanted.contains(c) { map[c] = dir }
             }
-            if let m = limits.memoryBytes, let dir = map["memory"] {
-                try SysFile.write(dir + "/memory.limit_in_bytes", String(m))
-                if limits.disableSwap {
-                    // memsw exists only with swap accounting; it must be >= limit_in_bytes.
-                    if SysFile.exists(dir + "/memory.memsw.limit_in_bytes") {
-                        try SysFile.write(dir + "/memory.memsw.limit_in_bytes", String(m))
-                    }
-                    try? SysFile.write(dir + "/memory.swappiness", "0")
-                }
-            }
-            if let p = limits.pidsMax, let dir = map["pids"] { try SysFile.write(dir + "/pids.max", String(p)) }
-            if let q = limits.cpuQuotaUsec, let dir = map["cpu"] {
-                try SysFile.write(dir + "/cpu.cfs_period_us", String(limits.cpuPeriodUsec))
-                try SysFile.write(dir + "/cpu.cfs_quota_us", String(q))
-            }
+            try Self.apply(limits, map)
         } catch {
             for d in created.reversed() { _ = rmdir(d) }
             throw error
         }
         return RunCgroup(name: name, version: .v1, directories: created, directoryFD: -1,
                          taskFiles: created.map { $0 + "/tasks" }, controllerDirectories: map)
+    }
+
+    static func apply(_ limits: CgroupLimits, _ map: [String: String]) throws(CgroupError) {
+        if let m = limits.memoryBytes, let dir = map["memory"] {
+            try SysFile.write(dir + "/memory.limit_in_bytes", String(m))
+            if limits.disableSwap {
+                // memsw exists only with swap accounting; it must be >= limit_in_bytes.
+                if SysFile.exists(dir + "/memory.memsw.limit_in_bytes") {
+                    try SysFile.write(dir + "/memory.memsw.limit_in_bytes", String(m))
+                }
+                try? SysFile.write(dir + "/memory.swappiness", "0")
+            }
+        }
+        if let p = limits.pidsMax, let dir = map["pids"] { try SysFile.write(dir + "/pids.max", String(p)) }
+        if let q = limits.cpuQuotaUsec, let dir = map["cpu"] {
+            try SysFile.write(dir + "/cpu.cfs_period_us", String(limits.cpuPeriodUsec))
+            try SysFile.write(dir + "/cpu.cfs_quota_us", String(q))
+        }
+    }
+
+    public func adopt(_ spare: RunCgroup, name: String, limits: CgroupLimits) throws(CgroupError) -> RunCgroup {
+        func renamed(_ d: String, _ to: String) -> String {
+            String(d[..<(d.lastIndex(of: "/") ?? d.endIndex)]) + "/" + to
+        }
+        var done: [String] = []
+        do throws(CgroupError) {
+            for d in spare.directories {
+                guard rename(d, renamed(d, name)) == 0 else { throw CgroupError(.io, "rename", path: d, errno: errno) }
+                done.append(d)
+            }
+            let map = spare.controllerDirectories.mapValues { renamed($0, name) }
+            try Self.apply(limits, map)
+            let dirs = spare.directories.map { renamed($0, name) }
+            return RunCgroup(name: name, version: .v1, directories: dirs, directoryFD: -1,
+                             taskFiles: dirs.map { $0 + "/tasks" }, controllerDirectories: map)
+        } catch {
+            for d in done { _ = rename(renamed(d, name), d) }
+            throw error
+        }
     }
 
     public func stats(_ run: RunCgroup, _ selection: StatsSelection) -> CgroupStats {

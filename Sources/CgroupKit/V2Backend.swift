@@ -66,18 +66,7 @@ public final class V2Backend: CgroupBackend {
             try SysFile.mkdir(dir, allowExisting: false)
         }
         do throws(CgroupError) {
-            if let m = limits.memoryBytes {
-                try SysFile.write(dir + "/memory.max", String(m))
-                if limits.disableSwap, SysFile.exists(dir + "/memory.swap.max") {
-                    try SysFile.write(dir + "/memory.swap.max", "0")
-                }
-                // One OOM kill ends the whole run, as a container would.
-                try SysFile.write(dir + "/memory.oom.group", "1")
-            }
-            if let p = limits.pidsMax { try SysFile.write(dir + "/pids.max", String(p)) }
-            if let q = limits.cpuQuotaUsec, controllers.contains("cpu") {
-                try SysFile.write(dir + "/cpu.max", "\(q) \(limits.cpuPeriodUsec)")
-            }
+            try Self.apply(limits, in: dir, cpu: controllers.contains("cpu"))
         } catch {
             _ = rmdir(dir)
             throw error
@@ -91,6 +80,38 @@ public final class V2Backend: CgroupBackend {
         var map: [String: String] = [:]
         for c in controllers { map[c] = dir }
         return RunCgroup(name: name, version: .v2, directories: [dir], directoryFD: fd, taskFiles: [],
+                         controllerDirectories: map)
+    }
+
+    static func apply(_ limits: CgroupLimits, in dir: String, cpu: Bool) throws(CgroupError) {
+        if let m = limits.memoryBytes {
+            try SysFile.write(dir + "/memory.max", String(m))
+            if limits.disableSwap, SysFile.exists(dir + "/memory.swap.max") {
+                try SysFile.write(dir + "/memory.swap.max", "0")
+            }
+            // One OOM kill ends the whole run, as a container would.
+            try SysFile.write(dir + "/memory.oom.group", "1")
+        }
+        if let p = limits.pidsMax { try SysFile.write(dir + "/pids.max", String(p)) }
+        if let q = limits.cpuQuotaUsec, cpu {
+            try SysFile.write(dir + "/cpu.max", "\(q) \(limits.cpuPeriodUsec)")
+        }
+    }
+
+    public func adopt(_ spare: RunCgroup, name: String, limits: CgroupLimits) throws(CgroupError) -> RunCgroup {
+        let from = spare.directories[0]
+        let dir = parentDirectory + "/" + name
+        guard rename(from, dir) == 0 else { throw CgroupError(.io, "rename", path: from, errno: errno) }
+        do throws(CgroupError) {
+            try Self.apply(limits, in: dir, cpu: controllers.contains("cpu"))
+        } catch {
+            _ = rename(dir, from)
+            throw error
+        }
+        var map: [String: String] = [:]
+        for c in controllers { map[c] = dir }
+        // The directory fd follows the rename.
+        return RunCgroup(name: name, version: .v2, directories: [dir], directoryFD: spare.directoryFD, taskFiles: [],
                          controllerDirectories: map)
     }
 

@@ -46,6 +46,11 @@ public struct SandboxSettings: Sendable {
     public var netnsPoolSize = 8
     /// After a run, prepare the next run's scratch and network namespace.
     public var prepareAhead = true
+    /// Also make the next run's cgroup ahead (renamed when a run starts). A cgroup is a
+    /// directory that outlives the process: only for owners that call
+    /// `Sandbox.shutdown()` before they exit (the service does; a crashed one's spare
+    /// is swept like any stale run cgroup).
+    public var spareCgroup = false
 
     /// Settings for a process that runs once and exits (the CLI): nothing is kept or
     /// prepared for later runs.

@@ -115,7 +115,7 @@ final class Execution {
         var cg = CgroupLimits(memoryBytes: limits.memoryBytes, pidsMax: limits.pids + 1)  // + the init
         if let cores = limits.cpuCores { cg.cpuQuotaUsec = UInt64(max(1000, cores * 100_000)) }
         do {
-            run = try backend.createRun(name: RunName.make(id: id), limits: cg)
+            run = try sandbox.takeCgroup(backend, name: RunName.make(id: id), limits: cg)
             prepNs = (t0, monotonicNanos(), 0)
         } catch {
             if case .success(let (s, m)) = prep.wait() {

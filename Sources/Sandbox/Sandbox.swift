@@ -13,6 +13,8 @@ public final class Sandbox: Sendable {
     let pending = PendingCounter()
     let pool: ReusePool<Scratch>
     let netnsPool: ReusePool<Int32>
+    /// A run cgroup made ahead (no limits, never used), renamed for the next run.
+    let spareCgroups: ReusePool<RunCgroup>
     let active = ActiveRuns()
     let launcher: Launcher?
 
@@ -22,13 +24,21 @@ public final class Sandbox: Sendable {
         launcher = settings.useLauncher ? Launcher(logger: logger) : nil
         pool = ReusePool(capacity: max(0, settings.scratchPoolSize), dispose: { $0.release() })
         netnsPool = ReusePool(capacity: max(0, settings.netnsPoolSize), dispose: { close($0) })
+        spareCgroups = ReusePool(capacity: settings.prepareAhead && settings.spareCgroup ? 1 : 0, dispose: { spare in
+            if let backend = try? Cgroups.shared() { try? backend.remove(spare) }
+        })
     }
 
-    /// Starts the launcher and prepares the first run's scratch and network namespace
-    /// (a service calls this once it has set up its cgroups).
+    /// Starts the launcher and prepares the first run's resources on a thread of its
+    /// own (a service calls this once it has set up its cgroups). `quiesce()` waits
+    /// for it.
     public func warmUp() {
-        launcher?.warmUp()
-        prepareSpare()
+        pending.add()
+        Thread {
+            self.launcher?.warmUp()
+            self.prepareSpare()
+            self.pending.remove()
+        }.start()
     }
 
     /// Pid of the launcher process, when one is running.
@@ -74,6 +84,15 @@ public final class Sandbox: Sendable {
     /// Scratches kept for later runs (tests).
     public var pooledScratches: Int { pool.count }
 
+    /// The run cgroup `name` with `limits`: the spare one renamed, else a new one.
+    func takeCgroup(_ backend: any CgroupBackend, name: String, limits: CgroupLimits) throws(CgroupError) -> RunCgroup {
+        if let spare = spareCgroups.take() {
+            if let run = try? backend.adopt(spare, name: name, limits: limits) { return run }
+            try? backend.remove(spare)
+        }
+        return try backend.createRun(name: name, limits: limits)
+    }
+
     /// A network namespace with `lo` up and nothing else in it: a kept one, else a new
     /// one; -1 if none can be made (the init then creates its own).
     func takeNetns() -> Int32 {
@@ -90,12 +109,17 @@ public final class Sandbox: Sendable {
         if quiet && netnsPool.capacity > 0 { netnsPool.put(fd) } else { close(fd) }
     }
 
-    /// Prepares the next run's scratch (the default size) and network namespace off
-    /// the critical path, when none is kept.
+    /// Prepares the next run's cgroup, scratch (the default size) and network
+    /// namespace off the critical path, when none is kept.
     func prepareSpare() {
+        guard !closed.isSet else { return }
         if netnsPool.capacity > 0 && netnsPool.count == 0 {
             let fd = sp_new_netns()
             if fd >= 0 { netnsPool.put(fd) }
+        }
+        if spareCgroups.capacity > 0 && spareCgroups.count == 0, let backend = try? Cgroups.shared(),
+           let cg = try? backend.createRun(name: RunName.make(id: Self.newID()), limits: CgroupLimits()) {
+            spareCgroups.put(cg)
         }
         let size = RunLimits().scratchBytes
         guard pool.capacity > 0, !pool.contains(where: { $0.size == size }) else { return }
@@ -119,15 +143,20 @@ public final class Sandbox: Sendable {
     public func releaseSpares() {
         pool.drain()
         netnsPool.drain()
+        spareCgroups.drain()
     }
 
     /// Releases what is kept between runs (pooled scratches, the prepared network
     /// namespace) and stops the launcher. Call after `quiesce()`; later runs start
     /// them again.
     public func shutdown() {
+        closed.set()
         releaseSpares()
         launcher?.stop()
     }
+
+    /// Set by `shutdown()`: runs still work, but nothing is prepared ahead any more.
+    let closed = Flag()
 
     deinit {
         shutdown()
@@ -180,6 +209,14 @@ public final class Sandbox: Sendable {
         active.remove(execution)
         return (out, execution)
     }
+}
+
+/// A flag set once.
+final class Flag: @unchecked Sendable {
+    private var value = false
+    private let lock = NSLock()
+    func set() { lock.lock(); value = true; lock.unlock() }
+    var isSet: Bool { lock.lock(); defer { lock.unlock() }; return value }
 }
 
 /// Count of runs whose teardown has not finished.

@@ -60,11 +60,13 @@ public final class ServiceContext: Sendable {
         if !dir.isEmpty { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) }
         let store = try ExecutionStore(path: config.databasePath)
         try Schema.migrate(store.pool) { logger.info("migrate: \($0)") }
-        let sandbox = Sandbox(settings: SandboxSettings(stateDirectory: config.stateDirectory), logger: logger)
+        var settings = SandboxSettings(stateDirectory: config.stateDirectory)
+        settings.spareCgroup = true  // `serve` and the tests call sandbox.shutdown() at the end
+        let sandbox = Sandbox(settings: settings, logger: logger)
         let interrupted = try await store.markInterrupted()
         if interrupted > 0 { logger.warning("marked \(interrupted) run(s) of a previous instance as interrupted") }
         sandbox.sweepStale()
-        Thread { sandbox.warmUp() }.start()  // the launcher and the first scratch, off the async pool
+        sandbox.warmUp()  // the launcher and the first run's resources, on a thread of its own
         return ServiceContext(config: config, sandbox: sandbox, store: store, logger: logger)
     }
 }

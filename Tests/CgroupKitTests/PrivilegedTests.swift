@@ -31,6 +31,25 @@ struct CgroupPrivilegedTests {
         return b
     }
 
+    @Test func aSpareGroupIsAdoptedWithItsLimits() async throws {
+        let b = try backend()
+        let spare = try b.createRun(name: RunName.make(id: "spare-\(UInt32.random(in: 0...UInt32.max))"), limits: CgroupLimits())
+        let name = RunName.make(id: "adopted-\(UInt32.random(in: 0...UInt32.max))")
+        let run = try b.adopt(spare, name: name, limits: CgroupLimits(memoryBytes: 64 << 20, pidsMax: 9))
+        defer { try? b.kill(run); try? b.remove(run) }
+        for d in spare.directories { #expect(access(d, F_OK) != 0, "\(d) still exists") }
+        #expect(run.directories.count == spare.directories.count)
+        for d in run.directories { #expect(d.hasSuffix("/" + name) && access(d, F_OK) == 0) }
+        let mem = try #require(run.directory(for: "memory"))
+        let limitFile = run.version == .v2 ? "/memory.max" : "/memory.limit_in_bytes"
+        #expect(SysFile.read(mem + limitFile)?.trimmingCharacters(in: .whitespacesAndNewlines) == String(64 << 20))
+        let pids = try #require(run.directory(for: "pids"))
+        #expect(SysFile.read(pids + "/pids.max")?.trimmingCharacters(in: .whitespacesAndNewlines) == "9")
+        // A process placed in it is limited (CLONE_INTO_CGROUP's fd followed the rename on v2).
+        let status = await runInCgroup(run, [python, "-c", "x = bytearray(200 * 1024 * 1024)"])
+        #expect(status != 0, "a 200 MB allocation under a 64 MB limit succeeded")
+    }
+
     @Test func realProcessStats() async throws {
         let b = try backend()
         let run = try b.createRun(name: RunName.make(id: "stats-\(UInt32.random(in: 0...UInt32.max))"),
