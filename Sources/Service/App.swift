@@ -194,6 +194,7 @@ func execute(_ req: ExecutionRequest, _ svc: ServiceContext) async throws -> Res
         throw e
     }
     let id = Sandbox.newID()
+    let t0 = ContinuousClock.now
     let rowID: Int64
     do {
         rowID = try await svc.store.begin(code: req.code, name: req.name, containerID: id, queuedAt: queuedAt, startedAt: Date())
@@ -202,11 +203,18 @@ func execute(_ req: ExecutionRequest, _ svc: ServiceContext) async throws -> Res
         svc.logger.error("cannot log a run: \(error)")
         throw APIError(.serviceUnavailable, "storage_unavailable", "the execution log cannot be written")
     }
+    let t1 = ContinuousClock.now
     let result = await svc.sandbox.run(req, id: id)
+    let t2 = ContinuousClock.now
     do {
         try await svc.store.finish(id: rowID, result: result, finishedAt: Date())
     } catch {
         svc.logger.error("run \(id) (row \(rowID)): result not logged: \(error)")
+    }
+    if svc.logger.logLevel <= .debug {
+        let t3 = ContinuousClock.now
+        func ms(_ d: Duration) -> String { String(format: "%.2f", Double(d.components.attoseconds) / 1e15 + Double(d.components.seconds) * 1e3) }
+        svc.logger.debug("run \(id) request (ms): log begin \(ms(t1 - t0)) run \(ms(t2 - t1)) log finish \(ms(t3 - t2))")
     }
     await svc.admission.release()
     svc.metrics.finished(result)
