@@ -56,6 +56,8 @@ public protocol CgroupBackend: Sendable {
     /// to a leaf on v2 when its own group holds processes).
     func prepare() throws(CgroupError)
     func createRun(name: String, limits: CgroupLimits) throws(CgroupError) -> RunCgroup
+    /// Whether `adopt` works here (v1: yes; v2 refuses to rename cgroups).
+    var canAdopt: Bool { get }
     /// Turns `spare`, a run cgroup made ahead with no limits and never used, into the
     /// run `name` with `limits` (rename + limit writes: cheaper than mkdir on the
     /// critical path). On failure `spare` is left as it was.

@@ -74,6 +74,9 @@ public final class V1Backend: CgroupBackend {
         }
     }
 
+    /// v1 renames a run's directory in every hierarchy (cheaper than six mkdirs).
+    public var canAdopt: Bool { true }
+
     public func adopt(_ spare: RunCgroup, name: String, limits: CgroupLimits) throws(CgroupError) -> RunCgroup {
         func renamed(_ d: String, _ to: String) -> String {
             String(d[..<(d.lastIndex(of: "/") ?? d.endIndex)]) + "/" + to

@@ -98,21 +98,12 @@ public final class V2Backend: CgroupBackend {
         }
     }
 
+    /// cgroup v2 refuses to rename a cgroup (EPERM), and making one is a single mkdir
+    /// here anyway: nothing to adopt.
+    public var canAdopt: Bool { false }
+
     public func adopt(_ spare: RunCgroup, name: String, limits: CgroupLimits) throws(CgroupError) -> RunCgroup {
-        let from = spare.directories[0]
-        let dir = parentDirectory + "/" + name
-        guard rename(from, dir) == 0 else { throw CgroupError(.io, "rename", path: from, errno: errno) }
-        do throws(CgroupError) {
-            try Self.apply(limits, in: dir, cpu: controllers.contains("cpu"))
-        } catch {
-            _ = rename(dir, from)
-            throw error
-        }
-        var map: [String: String] = [:]
-        for c in controllers { map[c] = dir }
-        // The directory fd follows the rename.
-        return RunCgroup(name: name, version: .v2, directories: [dir], directoryFD: spare.directoryFD, taskFiles: [],
-                         controllerDirectories: map)
+        throw CgroupError(.io, "rename (cgroup v2 does not rename cgroups)", path: spare.directories[0], errno: EPERM)
     }
 
     public func stats(_ run: RunCgroup, _ selection: StatsSelection) -> CgroupStats {

@@ -46,7 +46,8 @@ public struct SandboxSettings: Sendable {
     public var netnsPoolSize = 8
     /// After a run, prepare the next run's scratch and network namespace.
     public var prepareAhead = true
-    /// Also make the next run's cgroup ahead (renamed when a run starts). A cgroup is a
+    /// Also make the next run's cgroup ahead (renamed when a run starts; cgroup v1 only,
+    /// where a run's cgroup is six directories and v2 refuses renames). A cgroup is a
     /// directory that outlives the process: only for owners that call
     /// `Sandbox.shutdown()` before they exit (the service does; a crashed one's spare
     /// is swept like any stale run cgroup).

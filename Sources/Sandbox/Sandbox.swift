@@ -117,7 +117,7 @@ public final class Sandbox: Sendable {
             let fd = sp_new_netns()
             if fd >= 0 { netnsPool.put(fd) }
         }
-        if spareCgroups.capacity > 0 && spareCgroups.count == 0, let backend = try? Cgroups.shared(),
+        if spareCgroups.capacity > 0 && spareCgroups.count == 0, let backend = try? Cgroups.shared(), backend.canAdopt,
            let cg = try? backend.createRun(name: RunName.make(id: Self.newID()), limits: CgroupLimits()) {
             spareCgroups.put(cg)
         }
