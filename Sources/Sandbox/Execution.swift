@@ -9,6 +9,12 @@ import Foundation
     return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
 }
 
+/// Milliseconds between two monotonicNanos() readings, for the debug log.
+func millis(_ a: Int64, _ b: Int64) -> String { String(format: "%.2f", Double(b - a) / 1e6) }
+
+/// CPUs online, read once (sysconf reads /sys on every call).
+let onlineCPUs = max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN)))
+
 /// A run's scratch with its program written and a mount for the run: taken from the
 /// pool on the calling thread, or made on a helper thread while the caller goes on.
 final class ScratchPrep: @unchecked Sendable {
@@ -158,8 +164,7 @@ final class Execution {
     /// BLAS/OpenMP pools sized from the run's CPU and task limits, so that
     /// `import numpy` neither oversubscribes the CPU quota nor hits pids.max.
     static func threadCount(limits: RunLimits) -> Int {
-        let cpus = max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN)))
-        var n = cpus
+        var n = onlineCPUs
         if let c = limits.cpuCores { n = min(n, max(1, Int(c.rounded(.up)))) }
         n = min(n, max(1, Int(limits.pids / 8)))
         return n

@@ -1,8 +1,8 @@
 import CSandpit
-import CSandpit
 import CgroupKit
 import Foundation
 import Logging
+import Synchronization
 
 /// Runs Python programs in a sandbox: a fresh run cgroup, new namespaces, a
 /// read-only root, a block-backed scratch, no capabilities, seccomp — and reads
@@ -10,7 +10,8 @@ import Logging
 public final class Sandbox: Sendable {
     public let settings: SandboxSettings
     let logger: Logger
-    let pending = PendingCounter()
+    /// Runs (and the warm-up) whose work has not finished; `quiesce()` waits for 0.
+    let pending = Mutex(0)
     let pool: ReusePool<Scratch>
     let netnsPool: ReusePool<Int32>
     /// A run cgroup made ahead (no limits, never used), renamed for the next run.
@@ -33,11 +34,11 @@ public final class Sandbox: Sendable {
     /// own (a service calls this once it has set up its cgroups). `quiesce()` waits
     /// for it.
     public func warmUp() {
-        pending.add()
+        pending.withLock { $0 += 1 }
         Thread {
             self.launcher?.warmUp()
             self.prepareSpare()
-            self.pending.remove()
+            self.pending.withLock { $0 -= 1 }
         }.start()
     }
 
@@ -51,14 +52,14 @@ public final class Sandbox: Sendable {
     /// removal, scratch release) finishes on that thread right after — `quiesce()`
     /// waits for it.
     public func run(_ request: ExecutionRequest, id: String = Sandbox.newID()) async -> ExecutionResult {
-        pending.add()
+        pending.withLock { $0 += 1 }
         return await withCheckedContinuation { (cont: CheckedContinuation<ExecutionResult, Never>) in
             let thread = Thread {
                 let (result, execution) = self.execute(request, id: id)
                 cont.resume(returning: result)
                 execution?.teardown()
                 if self.settings.prepareAhead { self.prepareSpare() }
-                self.pending.remove()
+                self.pending.withLock { $0 -= 1 }
             }
             thread.stackSize = 1 << 20
             thread.start()
@@ -112,7 +113,7 @@ public final class Sandbox: Sendable {
     /// Prepares the next run's cgroup, scratch (the default size) and network
     /// namespace off the critical path, when none is kept.
     func prepareSpare() {
-        guard !closed.isSet else { return }
+        guard !closed.withLock({ $0 }) else { return }
         if netnsPool.capacity > 0 && netnsPool.count == 0 {
             let fd = sp_new_netns()
             if fd >= 0 { netnsPool.put(fd) }
@@ -150,13 +151,13 @@ public final class Sandbox: Sendable {
     /// namespace) and stops the launcher. Call after `quiesce()`; later runs start
     /// them again.
     public func shutdown() {
-        closed.set()
+        closed.withLock { $0 = true }
         releaseSpares()
         launcher?.stop()
     }
 
     /// Set by `shutdown()`: runs still work, but nothing is prepared ahead any more.
-    let closed = Flag()
+    let closed = Mutex(false)
 
     deinit {
         shutdown()
@@ -173,21 +174,13 @@ public final class Sandbox: Sendable {
 
     /// Waits until every run's teardown has finished.
     public func quiesce() async {
-        while pending.count > 0 { try? await Task.sleep(for: .milliseconds(1)) }
+        while pending.withLock({ $0 }) > 0 { try? await Task.sleep(for: .milliseconds(1)) }
     }
 
     /// A 32-hex-digit random id (the run's container_id).
     public static func newID() -> String {
         var g = SystemRandomNumberGenerator()
         return (0..<2).map { _ in String(format: "%016llx", g.next() as UInt64) }.joined()
-    }
-
-    /// Runs one request and its teardown on the calling thread (which must not be a
-    /// cooperative-pool thread).
-    public func runBlocking(_ request: ExecutionRequest, id: String) -> ExecutionResult {
-        let (result, execution) = execute(request, id: id)
-        execution?.teardown()
-        return result
     }
 
     func execute(_ request: ExecutionRequest, id: String) -> (ExecutionResult, Execution?) {
@@ -208,54 +201,6 @@ public final class Sandbox: Sendable {
         let out = execution.supervise(into: result)
         active.remove(execution)
         return (out, execution)
-    }
-}
-
-/// A flag set once.
-final class Flag: @unchecked Sendable {
-    private var value = false
-    private let lock = NSLock()
-    func set() { lock.lock(); value = true; lock.unlock() }
-    var isSet: Bool { lock.lock(); defer { lock.unlock() }; return value }
-}
-
-/// Count of runs whose teardown has not finished.
-final class PendingCounter: @unchecked Sendable {
-    private var value = 0
-    private let lock = NSLock()
-    func add() { lock.lock(); value += 1; lock.unlock() }
-    func remove() { lock.lock(); value -= 1; lock.unlock() }
-    var count: Int { lock.lock(); defer { lock.unlock() }; return value }
-}
-
-/// One resource prepared ahead of the next run (a service's runs then skip making it
-/// on their critical path). What it holds is released with `dispose` when replaced;
-/// descriptors close with the process anyway, so a crash leaves nothing behind.
-final class Spare<T>: @unchecked Sendable {
-    private var value: T?
-    private let lock = NSLock()
-    private let dispose: (T) -> Void
-
-    init(dispose: @escaping (T) -> Void) {
-        self.dispose = dispose
-    }
-
-    var isFull: Bool { lock.lock(); defer { lock.unlock() }; return value != nil }
-
-    /// Takes the prepared value if `fits` accepts it.
-    func take(where fits: (T) -> Bool = { _ in true }) -> T? {
-        lock.lock(); defer { lock.unlock() }
-        guard let v = value, fits(v) else { return nil }
-        value = nil
-        return v
-    }
-
-    func put(_ v: T) {
-        lock.lock()
-        let old = value
-        value = v
-        lock.unlock()
-        if let old { dispose(old) }
     }
 }
 

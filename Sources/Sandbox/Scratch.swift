@@ -9,7 +9,7 @@ import Foundation
 /// is gone, so nothing can be left behind.
 ///
 /// A service reuses a scratch for later runs after `reset()` has emptied it (see
-/// `ScratchPool`): attaching a loop device flushes its backing file to disk, and an
+/// `ReusePool`): attaching a loop device flushes its backing file to disk, and an
 /// ext4 mount and unmount cost more than deleting a run's few files.
 public struct Scratch: Sendable {
     public let loopFD: Int32
@@ -126,7 +126,8 @@ public struct Scratch: Sendable {
             throw SandboxError(.scratch, "create \(tmp)", errno: errno)
         }
         close(fd)
-        // No journal: the filesystem lives for one run. root_owner keeps / owned by root.
+        // No journal: nothing on it outlives the process that mounted it. root_owner keeps
+        // / owned by root.
         let status = Spawn.run(["mkfs.ext4", "-q", "-F", "-O", "^has_journal", "-m", "0", "-N", "16384",
                                 "-E", "nodiscard,lazy_itable_init=1,root_owner=0:0", tmp])
         guard status == 0 else {

@@ -85,7 +85,7 @@ extension Execution {
             guard hitsFD >= 0, let t = SysFile.pread(hitsFD) else { return nil }
             return run.version == .v2 ? StatParse.flatKeyed(t)["max"] : StatParse.single(t)
         }
-        let ncpu = Int64(max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+        let ncpu = Int64(onlineCPUs)
         let wallNs = Int64(lim.wallSeconds * 1e9)
         let cpuLimitUsec = UInt64(lim.cpuSeconds * 1e6)
         var nextCPUCheck = launchNs
@@ -189,8 +189,7 @@ extension Execution {
         release()  // the init may exit now; teardown() waits for it
         if let rep = report, let e = execNs, sandbox.logger.logLevel <= .debug {
             let p = rep.phase_ns
-            func ms(_ a: Int64, _ b: Int64) -> String { String(format: "%.2f", Double(b - a) / 1e6) }
-            sandbox.logger.debug("run \(id) phases (ms): prepare \(ms(prepNs.start, launchNs)) (cgroup \(ms(prepNs.start, prepNs.cgroup)), scratch \(ms(prepNs.start, prepNs.scratch))) clone \(ms(launchNs, p.0)) namespaces \(ms(p.0, p.1)) root \(ms(p.1, p.2)) fork \(ms(p.2, p.3)) exec \(ms(p.3, e)) program \(ms(e, rep.exit_ns)) reap-rest \(ms(rep.exit_ns, p.4)) collect \(ms(p.4, monotonicNanos()))")
+            sandbox.logger.debug("run \(id) phases (ms): prepare \(millis(prepNs.start, launchNs)) (cgroup \(millis(prepNs.start, prepNs.cgroup)), scratch \(millis(prepNs.start, prepNs.scratch))) clone \(millis(launchNs, p.0)) namespaces \(millis(p.0, p.1)) root \(millis(p.1, p.2)) fork \(millis(p.2, p.3)) exec \(millis(p.3, e)) program \(millis(e, rep.exit_ns)) reap-rest \(millis(rep.exit_ns, p.4)) collect \(millis(p.4, monotonicNanos()))")
         }
 
         // ---- map to the result ----
@@ -356,8 +355,7 @@ extension Execution {
         let t2 = monotonicNanos()
         sandbox.recycle(scratch)
         if sandbox.logger.logLevel <= .debug {
-            func ms(_ a: Int64, _ b: Int64) -> String { String(format: "%.2f", Double(b - a) / 1e6) }
-            sandbox.logger.debug("run \(id) teardown (ms): init exit \(ms(t0, t1)) cgroup \(ms(t1, t2)) scratch \(ms(t2, monotonicNanos()))")
+            sandbox.logger.debug("run \(id) teardown (ms): init exit \(millis(t0, t1)) cgroup \(millis(t1, t2)) scratch \(millis(t2, monotonicNanos()))")
         }
     }
 

@@ -414,192 +414,37 @@ enum OpenAPIDocument {
         }
       },
       "Execution": {
-        "type": "object",
-        "required": [
-          "id",
-          "code",
-          "status",
-          "created_at"
-        ],
-        "properties": {
-          "id": {
-            "type": "integer"
+        "allOf": [
+          {
+            "$ref": "#/components/schemas/ExecutionSummary"
           },
-          "container_id": {
-            "type": [
-              "string",
-              "null"
-            ]
-          },
-          "container_name": {
-            "type": [
-              "string",
-              "null"
-            ]
-          },
-          "success": {
-            "type": [
-              "boolean",
-              "null"
-            ]
-          },
-          "status": {
-            "type": [
-              "string",
-              "null"
-            ]
-          },
-          "exit_code": {
-            "type": [
-              "integer",
-              "null"
-            ]
-          },
-          "signal": {
-            "type": [
-              "integer",
-              "null"
-            ]
-          },
-          "execution_time": {
-            "type": [
-              "number",
-              "null"
-            ]
-          },
-          "cpu_user_time": {
-            "type": [
-              "number",
-              "null"
-            ]
-          },
-          "cpu_system_time": {
-            "type": [
-              "number",
-              "null"
-            ]
-          },
-          "cpu_percent": {
-            "type": [
-              "number",
-              "null"
-            ]
-          },
-          "memory_usage": {
-            "type": [
-              "integer",
-              "null"
-            ]
-          },
-          "memory_peak": {
-            "type": [
-              "integer",
-              "null"
-            ]
-          },
-          "memory_percent": {
-            "type": [
-              "number",
-              "null"
-            ]
-          },
-          "memory_limit": {
-            "type": [
-              "integer",
-              "null"
-            ]
-          },
-          "block_io_read": {
-            "type": [
-              "integer",
-              "null"
-            ]
-          },
-          "block_io_write": {
-            "type": [
-              "integer",
-              "null"
-            ]
-          },
-          "network_io_rx": {
-            "type": [
-              "integer",
-              "null"
-            ]
-          },
-          "network_io_tx": {
-            "type": [
-              "integer",
-              "null"
-            ]
-          },
-          "pids_count": {
-            "type": [
-              "integer",
-              "null"
-            ]
-          },
-          "oom_killed": {
-            "type": [
-              "boolean",
-              "null"
-            ]
-          },
-          "timed_out": {
-            "type": [
-              "boolean",
-              "null"
-            ]
-          },
-          "created_at": {
-            "type": [
-              "string",
-              "null"
-            ]
-          },
-          "queued_at": {
-            "type": [
-              "string",
-              "null"
-            ]
-          },
-          "started_at": {
-            "type": [
-              "string",
-              "null"
-            ]
-          },
-          "finished_at": {
-            "type": [
-              "string",
-              "null"
-            ]
-          },
-          "host": {
-            "type": [
-              "string",
-              "null"
-            ]
-          },
-          "code": {
-            "type": [
-              "string",
-              "null"
-            ]
-          },
-          "output": {
-            "type": [
-              "string",
-              "null"
-            ]
-          },
-          "error": {
-            "type": [
-              "string",
-              "null"
-            ]
+          {
+            "type": "object",
+            "required": [
+              "code"
+            ],
+            "properties": {
+              "code": {
+                "type": [
+                  "string",
+                  "null"
+                ]
+              },
+              "output": {
+                "type": [
+                  "string",
+                  "null"
+                ]
+              },
+              "error": {
+                "type": [
+                  "string",
+                  "null"
+                ]
+              }
+            }
           }
-        }
+        ]
       },
       "ExecutionPage": {
         "type": "object",

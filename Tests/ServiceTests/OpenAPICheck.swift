@@ -1,8 +1,8 @@
 import Foundation
 
 /// Checks a JSON value against a schema of the OpenAPI document (the subset the
-/// document uses: $ref, type (or a list of types), required, properties, items, enum,
-/// additionalProperties: false). Returns the violations, empty when it conforms.
+/// document uses: $ref, allOf, type (or a list of types), required, properties, items,
+/// enum, additionalProperties: false). Returns the violations, empty when it conforms.
 struct OpenAPICheck: @unchecked Sendable {  // immutable after init
     let document: [String: Any]
 
@@ -28,11 +28,29 @@ struct OpenAPICheck: @unchecked Sendable {  // immutable after init
         return validate(value, against: s, at: "$")
     }
 
-    func validate(_ value: Any, against raw: [String: Any], at loc: String) -> [String] {
+    /// `raw` with its $ref followed and its allOf parts merged (their properties and
+    /// required fields together, as one object schema).
+    func resolved(_ raw: [String: Any]) -> [String: Any] {
         var s = raw
         if let ref = s["$ref"] as? String, let name = ref.split(separator: "/").last {
             s = schema(named: String(name))
         }
+        guard let parts = s["allOf"] as? [[String: Any]] else { return s }
+        var merged: [String: Any] = [:]
+        var props: [String: Any] = [:]
+        var required: [String] = []
+        for part in parts.map(resolved) {
+            if let t = part["type"] { merged["type"] = t }
+            props.merge(part["properties"] as? [String: Any] ?? [:]) { a, _ in a }
+            required += part["required"] as? [String] ?? []
+        }
+        merged["properties"] = props
+        merged["required"] = required
+        return merged
+    }
+
+    func validate(_ value: Any, against raw: [String: Any], at loc: String) -> [String] {
+        let s = resolved(raw)
         var errors: [String] = []
         if let t = s["type"] {
             let types = (t as? [String]) ?? [t as? String ?? ""]
