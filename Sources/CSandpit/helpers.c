@@ -18,55 +18,96 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-struct sp_netdev_arg {
+struct sp_netfiles_arg {
     int nsfd;
+    const char *const *names;
+    size_t nnames;
     char *buf;
     size_t len;
     ssize_t result;
 };
 
-static void *sp_netdev_thread(void *p) {
-    struct sp_netdev_arg *a = p;
-    // unshare(CLONE_FS) is not needed: setns(CLONE_NEWNET) only changes this thread.
+// Appends the whole of `path` to buf at *off (at most len - *off bytes). 0 or -errno.
+static int sp_append_file(const char *path, char *buf, size_t len, size_t *off) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -errno;
+    for (;;) {
+        if (*off >= len) break;
+        ssize_t n = read(fd, buf + *off, len - *off);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            int e = errno;
+            close(fd);
+            return -e;
+        }
+        if (n == 0) break;
+        *off += (size_t)n;
+    }
+    close(fd);
+    return 0;
+}
+
+static void *sp_netfiles_thread(void *p) {
+    struct sp_netfiles_arg *a = p;
+    // setns(CLONE_NEWNET) changes only this thread; /proc/thread-self/net follows it.
     if (setns(a->nsfd, CLONE_NEWNET) < 0) {
         a->result = -errno;
         return NULL;
     }
-    int fd = open("/proc/thread-self/net/dev", O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        a->result = -errno;
-        return NULL;
-    }
     size_t off = 0;
-    for (;;) {
-        ssize_t n = read(fd, a->buf + off, a->len - off);
-        if (n < 0) {
-            if (errno == EINTR) continue;
-            a->result = -errno;
-            close(fd);
+    for (size_t i = 0; i < a->nnames; i++) {
+        char path[128];
+        snprintf(path, sizeof path, "/proc/thread-self/net/%s", a->names[i]);
+        int r = sp_append_file(path, a->buf, a->len, &off);
+        if (r < 0 && r != -ENOENT) {
+            a->result = r;
             return NULL;
         }
-        if (n == 0 || off + (size_t)n >= a->len) {
-            off += (size_t)n;
-            break;
-        }
-        off += (size_t)n;
+        if (off < a->len) a->buf[off++] = 0;  // separator: each file's text ends with a NUL
     }
-    close(fd);
     a->result = (ssize_t)off;
     return NULL;
 }
 
-ssize_t sp_read_netdev_in_ns(int nsfd, char *buf, size_t len) {
-    struct sp_netdev_arg a = {nsfd, buf, len, -EIO};
+ssize_t sp_read_net_files_in_ns(int nsfd, const char *const *names, size_t nnames, char *buf, size_t len) {
+    struct sp_netfiles_arg a = {nsfd, names, nnames, buf, len, -EIO};
     pthread_t t;
-    int e = pthread_create(&t, NULL, sp_netdev_thread, &a);
+    int e = pthread_create(&t, NULL, sp_netfiles_thread, &a);
     if (e != 0) return -e;
     pthread_join(t, NULL);
     return a.result;
 }
 
+ssize_t sp_read_netdev_in_ns(int nsfd, char *buf, size_t len) {
+    static const char *const dev[] = {"dev"};
+    ssize_t n = sp_read_net_files_in_ns(nsfd, dev, 1, buf, len);
+    return n > 0 ? n - 1 : n;  // without the separator
+}
+
+// Denies `nr` when its argument `arg` (an int in the kernel) is any value below
+// `below` that is not in allowed[], or any value >= `below` (64-bit compare: an
+// int argument with garbage in its upper half is denied too, since the kernel
+// would truncate it to something the masked comparisons did not see).
+static int sp_deny_int_arg_except(scmp_filter_ctx ctx, int nr, unsigned int arg, const int *allowed, size_t nallowed,
+                                  int below, int err, const struct scmp_arg_cmp *also) {
+    int rc;
+    for (int v = 0; v < below; v++) {
+        int ok = 0;
+        for (size_t i = 0; i < nallowed; i++) ok |= allowed[i] == v;
+        if (ok) continue;
+        struct scmp_arg_cmp c = SCMP_CMP(arg, SCMP_CMP_MASKED_EQ, 0xffffffffULL, (uint64_t)v);
+        rc = also ? seccomp_rule_add(ctx, SCMP_ACT_ERRNO(err), nr, 2, *also, c)
+                  : seccomp_rule_add(ctx, SCMP_ACT_ERRNO(err), nr, 1, c);
+        if (rc < 0) return rc;
+    }
+    struct scmp_arg_cmp c = SCMP_CMP(arg, SCMP_CMP_GE, (uint64_t)below);
+    rc = also ? seccomp_rule_add(ctx, SCMP_ACT_ERRNO(err), nr, 2, *also, c)
+              : seccomp_rule_add(ctx, SCMP_ACT_ERRNO(err), nr, 1, c);
+    return rc;
+}
+
 int sp_seccomp_build(const char *const *denied, size_t ndenied, uint64_t clone_ns_mask, int deny_errno,
+                     const int *families, size_t nfamilies, const int *netlink_protocols, size_t nnetlink,
                      void **out, size_t *out_bytes) {
     scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_ALLOW);
     if (!ctx) return -ENOMEM;
@@ -84,6 +125,17 @@ int sp_seccomp_build(const char *const *denied, size_t ndenied, uint64_t clone_n
         if (!(clone_ns_mask & f)) continue;
         if ((rc = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(deny_errno), SCMP_SYS(clone), 1,
                                    SCMP_A0(SCMP_CMP_MASKED_EQ, f, f))) < 0)
+            goto out;
+    }
+    // socket() and socketpair() only for the allowed address families (every other
+    // family, AF_VSOCK first, reaches kernel code no network namespace confines);
+    // netlink only for the allowed protocols.
+    if (nfamilies > 0) {
+        if ((rc = sp_deny_int_arg_except(ctx, SCMP_SYS(socket), 0, families, nfamilies, 64, EAFNOSUPPORT, NULL)) < 0) goto out;
+        if ((rc = sp_deny_int_arg_except(ctx, SCMP_SYS(socketpair), 0, families, nfamilies, 64, EAFNOSUPPORT, NULL)) < 0) goto out;
+        struct scmp_arg_cmp netlink = SCMP_CMP(0, SCMP_CMP_MASKED_EQ, 0xffffffffULL, 16 /* AF_NETLINK */);
+        if ((rc = sp_deny_int_arg_except(ctx, SCMP_SYS(socket), 2, netlink_protocols, nnetlink, 32, EPROTONOSUPPORT,
+                                         &netlink)) < 0)
             goto out;
     }
     // clone3 passes its flags in memory that seccomp cannot read: make libc fall back to clone().
@@ -255,4 +307,22 @@ int64_t sp_inodes_in_use(int fd) {
     struct statfs st;
     if (fstatfs(fd, &st) < 0) return -errno;
     return (int64_t)(st.f_files - st.f_ffree);
+}
+
+// From <linux/fs.h>, which clashes with <sys/mount.h>.
+struct sp_fstrim_range {
+    uint64_t start, len, minlen;
+};
+#define SP_FITRIM _IOWR('X', 121, struct sp_fstrim_range)
+
+int64_t sp_fitrim(int dirfd) {
+    int fd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return -errno;
+    struct sp_fstrim_range r;
+    memset(&r, 0, sizeof r);
+    r.len = UINT64_MAX;
+    int rc = ioctl(fd, SP_FITRIM, &r);
+    int e = errno;
+    close(fd);
+    return rc < 0 ? -e : (int64_t)r.len;
 }

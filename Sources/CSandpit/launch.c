@@ -178,6 +178,17 @@ static int sp_do_op(const sp_mount_op *op) {
         errno = e;
         return r;
     }
+    case SP_OP_MASK: {
+        // Hide a /proc entry: a directory under an empty read-only tmpfs, anything
+        // else under a read-only bind of `src` (the run's /dev/null). Absent: nothing to hide.
+        struct stat st;
+        if (lstat(op->dst, &st) < 0) return errno == ENOENT ? 0 : -1;
+        if (S_ISDIR(st.st_mode))
+            return mount("tmpfs", op->dst, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                         "size=4k,nr_inodes=1,mode=555");
+        if (mount(op->src, op->dst, NULL, MS_BIND, NULL) < 0) return -1;
+        return mount(NULL, op->dst, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NOEXEC, NULL);
+    }
     case SP_OP_TOUCH: {
         int fd = open(op->dst, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, op->mode);
         if (fd < 0) return -1;
@@ -258,9 +269,31 @@ static _Noreturn void sp_program_main(const sp_launch_spec *s) {
     sp_prog_fail(s, SP_STAGE_EXEC);
 }
 
+// The process's argument area (argv[0] .. the end of the last argument), recorded
+// before main: the init clears its copy, so that /proc/1/cmdline inside a run shows
+// "sandpit-init" and nothing of how the host started sandpit (the CLI's options,
+// the service's flags).
+static char *sp_args_start, *sp_args_end;
+__attribute__((constructor(101))) static void sp_record_args(int argc, char **argv, char **envp) {
+    (void)envp;
+    if (argc < 1 || !argv || !argv[0] || !argv[argc - 1]) return;
+    sp_args_start = argv[0];
+    sp_args_end = argv[argc - 1] + strlen(argv[argc - 1]) + 1;
+}
+
+static void sp_hide_args(void) {
+    (void)prctl(PR_SET_NAME, "sandpit-init", 0, 0, 0);
+    if (!sp_args_start || sp_args_end <= sp_args_start) return;
+    static const char name[] = "sandpit-init";
+    size_t n = (size_t)(sp_args_end - sp_args_start);
+    memset(sp_args_start, 0, n);
+    memcpy(sp_args_start, name, n > sizeof name ? sizeof name : n - 1);
+}
+
 static int64_t sp_phase[5];  // see sp_report.phase_ns
 static _Noreturn void sp_init_main(const sp_launch_spec *s) {
     sp_phase[0] = sp_now_ns();
+    sp_hide_args();
     umask(0);
     int keep[16] = {s->stdin_fd, s->stdout_fd, s->stderr_fd, s->exec_fd, s->report_fd, s->release_fd};
     int nkeep = 6;

@@ -306,9 +306,10 @@ static _Noreturn void sp_zygote_main(int sock) {
     }
 }
 
-// Runs before Swift's main (and before any thread exists) when this executable is
+// Runs before Swift's main (and before any thread exists; after launch.c records the
+// argument area) when this executable is
 // started as a zygote; returns at once otherwise.
-__attribute__((constructor(101))) static void sp_zygote_ctor(int argc, char **argv, char **envp) {
+__attribute__((constructor(102))) static void sp_zygote_ctor(int argc, char **argv, char **envp) {
     (void)envp;
     if (argc < 3 || !argv || !argv[1] || strcmp(argv[1], SP_ZYGOTE_ARG) != 0) return;
     char *end = NULL;

@@ -111,6 +111,10 @@ final class Execution {
         guard access(root + request.python, X_OK) == 0 else {
             throw SandboxError(.invalid, "interpreter \(request.python) is not executable in root \(request.rootfs)", errno: errno)
         }
+        // Fail closed: no run without its seccomp filter.
+        guard SeccompPolicy.program.pointer != nil else {
+            throw SandboxError(.setup, "the seccomp filter could not be built (libseccomp)", errno: 0)
+        }
         let t0 = monotonicNanos()
         backend = try Cgroups.shared()
         let limits = request.limits

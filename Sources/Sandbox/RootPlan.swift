@@ -4,7 +4,7 @@ import Foundation
 /// One step of building the sandbox's root, executed in order by the init in C.
 public struct MountOp: Sendable, Equatable {
     public enum Kind: Int32, Sendable {
-        case mkdir = 1, bind, symlink, tmpfs, proc, mknod, file, blockfs, chown, umount, rmdir, touch, moveMount
+        case mkdir = 1, bind, symlink, tmpfs, proc, mknod, file, blockfs, chown, umount, rmdir, touch, moveMount, mask
     }
     public var kind: Kind
     public var flags: Int32 = 0
@@ -27,6 +27,22 @@ public struct RootPlan: Sendable {
 
     /// Top-level directories taken from the source root (symlinks are recreated as such).
     static let systemDirs = ["usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32"]
+    /// /proc entries hidden from the run (an empty read-only tmpfs on directories, a
+    /// read-only /dev/null on files): Docker's masked paths, plus what names or maps the
+    /// host's kernel, devices and boot (symbols, config, memory and I/O maps, loaded
+    /// modules, disks and partitions, the kernel command line).
+    static let maskedProc = [
+        // Docker's
+        "acpi", "asound", "interrupts", "kcore", "keys", "latency_stats", "timer_list", "timer_stats",
+        "sched_debug", "scsi",
+        // sandpit's
+        "kallsyms", "config.gz", "iomem", "ioports", "modules", "vmallocinfo", "key-users", "cmdline",
+        "partitions", "diskstats", "swaps", "mtrr", "dma", "driver", "tty", "fb", "mdstat", "bootconfig",
+        "softirqs", "slabinfo", "pagetypeinfo", "kpagecount", "kpageflags", "kpagecgroup", "misc",
+    ]
+    /// /proc entries the run sees read-only (Docker's list; /proc/sys is bound read-only too).
+    static let readOnlyProc = ["bus", "fs", "irq", "sysrq-trigger"]
+
     /// /etc entries the runtime needs; /etc itself (shadow, the host's config) is never exposed.
     static let etcEntries = ["alternatives", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "ssl", "ca-certificates",
                              "localtime", "mime.types", "python3", "python3.11", "python3.12", "python3.13", "os-release"]
@@ -85,6 +101,10 @@ public struct RootPlan: Sendable {
                                ("stderr", "/proc/self/fd/2")] {
             add(MountOp(kind: .symlink, src: target, dst: "\(r)/dev/\(name)"))
         }
+        for p in Self.readOnlyProc {
+            add(MountOp(kind: .bind, flags: SP_BIND_RO | SP_BIND_OPTIONAL, src: "\(r)/proc/\(p)", dst: "\(r)/proc/\(p)"))
+        }
+        for p in Self.maskedProc { add(MountOp(kind: .mask, src: "\(r)/dev/null", dst: "\(r)/proc/\(p)")) }
         add(MountOp(kind: .mkdir, dst: "\(r)/dev/shm"))
         add(MountOp(kind: .tmpfs, flags: Int32(MS_NOSUID | MS_NODEV), dst: "\(r)/dev/shm",
                     data: Array("mode=1777,size=\(shmBytes)\0".utf8)))

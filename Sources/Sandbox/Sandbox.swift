@@ -102,12 +102,14 @@ public final class Sandbox: Sendable {
         return fd >= 0 ? fd : -1
     }
 
-    /// After a run: a network namespace through which not one packet went (its `lo`
-    /// counters are still 0, no IPv6 flow label lingers) holds nothing of the run once
-    /// its processes are gone, so it is kept for a later run; any other is closed.
+    /// After a run: a network namespace is kept for a later run only when nothing of
+    /// the run can be read in it any more: no packet went through it (its `lo` counters
+    /// are still 0, no IPv6 flow label lingers) and every protocol counter the next run
+    /// could read is as in a brand-new namespace (a send that failed still counts, e.g.
+    /// `OutNoRoutes`). Any other is closed.
     func recycleNetns(_ fd: Int32, quiet: Bool) {
         guard fd >= 0 else { return }
-        if quiet && netnsPool.capacity > 0 { netnsPool.put(fd) } else { close(fd) }
+        if quiet && netnsPool.capacity > 0 && NetnsCounters.isPristine(fd) { netnsPool.put(fd) } else { close(fd) }
     }
 
     /// Prepares the next run's cgroup, scratch (the default size) and network
@@ -211,4 +213,39 @@ final class ActiveRuns: @unchecked Sendable {
     func add(_ e: Execution) { lock.lock(); runs[ObjectIdentifier(e)] = e; lock.unlock() }
     func remove(_ e: Execution) { lock.lock(); runs[ObjectIdentifier(e)] = nil; lock.unlock() }
     func all() -> [Execution] { lock.lock(); defer { lock.unlock() }; return Array(runs.values) }
+}
+
+/// The counters of a network namespace that a program inside it can read: the
+/// protocol statistics of /proc/net (snmp, snmp6, netstat), the interface counters
+/// (dev, dev_snmp6/lo) and the IPv6 flow labels. Global counters (sockstat's memory,
+/// /proc/net/stat/*) are the kernel's, not the namespace's, and are left out.
+enum NetnsCounters {
+    static let files = ["snmp", "snmp6", "netstat", "dev", "dev_snmp6/lo", "ip6_flowlabel"]
+
+    /// The files' text, read from inside the namespace `fd`.
+    static func read(_ fd: Int32) -> [UInt8]? {
+        let names = files.map { strdup($0) }
+        defer { names.forEach { free($0) } }
+        var buf = [CChar](repeating: 0, count: 64 << 10)
+        let n = names.map { UnsafePointer($0) }.withUnsafeBufferPointer { p in
+            sp_read_net_files_in_ns(fd, p.baseAddress, p.count, &buf, buf.count)
+        }
+        guard n > 0, n < buf.count else { return nil }
+        return buf[0..<n].map { UInt8(bitPattern: $0) }
+    }
+
+    /// What a namespace made as sandpit makes them (`lo` up, nothing else) shows; read
+    /// once per process from one made for the purpose.
+    static let fresh: [UInt8]? = {
+        let fd = sp_new_netns()
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        return read(fd)
+    }()
+
+    /// True when the namespace `fd` reads exactly as a brand-new one.
+    static func isPristine(_ fd: Int32) -> Bool {
+        guard let f = fresh, let now = read(fd) else { return false }
+        return f == now
+    }
 }

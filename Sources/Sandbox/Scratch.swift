@@ -13,6 +13,9 @@ import Foundation
 /// ext4 mount and unmount cost more than deleting a run's few files.
 public struct Scratch: Sendable {
     public let loopFD: Int32
+    /// The image file behind the loop device (no name on the host), kept to report
+    /// how much host disk it holds.
+    public let imageFD: Int32
     public let devicePath: String
     /// The filesystem's root, as a detached mount held by this process: it keeps the
     /// filesystem alive between runs and is the directory fd of all host-side work.
@@ -51,6 +54,13 @@ public struct Scratch: Sendable {
     public func release() {
         close(rootFD)
         close(loopFD)
+        close(imageFD)
+    }
+
+    /// Host disk the image holds now (allocated blocks of the backing file).
+    public var hostBytes: UInt64 {
+        var st = stat()
+        return fstat(imageFD, &st) == 0 ? UInt64(st.st_blocks) * 512 : 0
     }
 
     /// Inodes in use now.
@@ -71,8 +81,12 @@ public struct Scratch: Sendable {
         close(tmp)
         // (The removed `work` may stay allocated a moment longer: the run's bind mount of
         // it goes away with the run's mount namespace, asynchronously. It has no name.)
-        return emptied && fchmodat(rootFD, "tmp", 0o1777, 0) == 0
-            && mkdirat(rootFD, "work", 0o755) == 0 && fchownat(rootFD, "work", uid, gid, 0) == 0
+        guard emptied, fchmodat(rootFD, "tmp", 0o1777, 0) == 0,
+              mkdirat(rootFD, "work", 0o755) == 0, fchownat(rootFD, "work", uid, gid, 0) == 0 else { return false }
+        // Give the freed blocks back to the host: the loop device punches holes in the
+        // image for discarded ranges, so a kept scratch holds only what an empty one does
+        // (not the largest run it ever held). ext4 skips groups trimmed since their last change.
+        return sp_fitrim(rootFD) >= 0
     }
 
     /// Copies a pre-formatted template (made once per size with mkfs.ext4) into an
@@ -84,7 +98,8 @@ public struct Scratch: Sendable {
         defer { close(src) }
         let img = sp_open_tmpfile(stateDirectory + "/scratch")
         guard img >= 0 else { throw SandboxError(.scratch, "O_TMPFILE in \(stateDirectory)/scratch", errno: -img) }
-        defer { close(img) }
+        var keepImage = false
+        defer { if !keepImage { close(img) } }
         let c = sp_copy_sparse(src, img, size)
         guard c == 0 else { throw SandboxError(.scratch, "copy scratch template", errno: -c) }
         var index: Int32 = -1
@@ -109,7 +124,8 @@ public struct Scratch: Sendable {
             close(lfd)
             throw SandboxError(.scratch, "statfs \(dev)", errno: Int32(-inodes))
         }
-        return Scratch(loopFD: lfd, devicePath: dev, rootFD: mfd, size: size, baselineInodes: UInt64(inodes))
+        keepImage = true
+        return Scratch(loopFD: lfd, imageFD: img, devicePath: dev, rootFD: mfd, size: size, baselineInodes: UInt64(inodes))
     }
 
     /// `<state>/templates/ext4-<size>.img`, created atomically on first use.

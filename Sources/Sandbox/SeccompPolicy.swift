@@ -23,7 +23,26 @@ public enum SeccompPolicy {
         // the machine
         "reboot", "swapon", "swapoff", "acct", "syslog",
         "settimeofday", "clock_settime", "clock_adjtime", "adjtimex",
+        // what Docker's default profile also refuses to a container without capabilities:
+        // other processes' memory and files, NUMA placement, filesystem-wide watches,
+        // the x86 LDT, obsolete information calls, and the run's own host and domain names
+        "kcmp", "get_mempolicy", "set_mempolicy", "mbind", "move_pages", "migrate_pages",
+        "set_mempolicy_home_node", "sysfs", "ustat", "fanotify_init", "modify_ldt",
+        "sethostname", "setdomainname",
+        // not implemented by Linux (ENOSYS today); denied so that a kernel that grows one is not reached
+        "_sysctl", "afs_syscall", "create_module", "get_kernel_syms", "getpmsg", "putpmsg",
+        "query_module", "security", "tuxcall", "vserver",
     ]
+
+    /// Address families a program may open sockets of: AF_UNIX (1), AF_INET (2),
+    /// AF_INET6 (10) and AF_NETLINK (16). Any other (AF_VSOCK, which no network
+    /// namespace confines; AF_ALG, AF_KEY, AF_TIPC, AF_RDS, Bluetooth, AF_XDP, AF_PACKET,
+    /// ...) fails with EAFNOSUPPORT, in socket() and socketpair().
+    public static let socketFamilies: [Int32] = [1, 2, 10, 16]
+
+    /// Netlink protocols allowed: NETLINK_ROUTE (0) only, which glibc's getaddrinfo
+    /// (AI_ADDRCONFIG) and if_nameindex() use; others fail with EPROTONOSUPPORT.
+    public static let netlinkProtocols: [Int32] = [0]
 
     /// clone() with any of these flags is denied (CLONE_NEWNS, NEWUTS, NEWIPC, NEWUSER,
     /// NEWPID, NEWNET, NEWCGROUP). clone3() fails with ENOSYS: its flags live in memory
@@ -39,7 +58,12 @@ public enum SeccompPolicy {
         var out: UnsafeMutableRawPointer?
         var bytes = 0
         let n = cstrs.map { UnsafePointer($0) }.withUnsafeBufferPointer { buf in
-            sp_seccomp_build(buf.baseAddress, buf.count, cloneNamespaceFlags, EPERM, &out, &bytes)
+            socketFamilies.withUnsafeBufferPointer { fam in
+                netlinkProtocols.withUnsafeBufferPointer { nl in
+                    sp_seccomp_build(buf.baseAddress, buf.count, cloneNamespaceFlags, EPERM,
+                                     fam.baseAddress, fam.count, nl.baseAddress, nl.count, &out, &bytes)
+                }
+            }
         }
         guard n > 0, let p = out else { return (nil, 0) }
         return (UnsafeRawPointer(p), Int(n))

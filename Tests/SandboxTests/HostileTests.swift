@@ -377,7 +377,27 @@ struct Hostile: Sendable, CustomTestStringConvertible {
         print(tryop(lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)),
               tryop(lambda: socket.socket(socket.AF_PACKET, socket.SOCK_RAW)))
         """#) { r in
-            #expect(r.output == "EPERM EPERM\n")
+            // raw IP needs CAP_NET_RAW; AF_PACKET is not an allowed family at all
+            #expect(r.output == "EPERM EAFNOSUPPORT\n")
+        },
+        Hostile(kind: "network", name: "socket families no network namespace confines (vsock, alg, key, tipc, rds, bluetooth, xdp)", code: #"""
+        import socket
+        fams = {"vsock": 40, "alg": 38, "key": 15, "tipc": 30, "rds": 21, "bluetooth": 31, "xdp": 44, "can": 29, "x25": 9}
+        print({n: tryop(lambda f=f: socket.socket(f, socket.SOCK_SEQPACKET if f in (30, 31) else socket.SOCK_DGRAM)) for n, f in fams.items()})
+        # the family in the upper half of the register is truncated by the kernel: still denied
+        print(sc(41, (1 << 32) | 40, 1, 0), sc(53, 30, 5, 0, 0), sc(53, (1 << 32) | 40, 1, 0, 0))
+        # netlink: only NETLINK_ROUTE (getaddrinfo, if_nameindex)
+        print(tryop(lambda: socket.socket(16, socket.SOCK_RAW, 0)), tryop(lambda: socket.socket(16, socket.SOCK_RAW, 9)),
+              tryop(lambda: socket.socket(16, socket.SOCK_RAW, 12)), sc(41, 16, 3, (1 << 32) | 9))
+        print(tryop(lambda: socket.socket(socket.AF_INET6, socket.SOCK_STREAM)), tryop(socket.socketpair),
+              socket.getaddrinfo("localhost", 80, socket.AF_INET)[0][4], socket.if_nameindex())
+        """#) { r in
+            let lines = r.output.split(separator: "\n").map(String.init)
+            #expect(lines.count == 4, "\(r.output) \(r.error ?? "")")
+            #expect(lines.first == "{'vsock': 'EAFNOSUPPORT', 'alg': 'EAFNOSUPPORT', 'key': 'EAFNOSUPPORT', 'tipc': 'EAFNOSUPPORT', 'rds': 'EAFNOSUPPORT', 'bluetooth': 'EAFNOSUPPORT', 'xdp': 'EAFNOSUPPORT', 'can': 'EAFNOSUPPORT', 'x25': 'EAFNOSUPPORT'}")
+            #expect(lines.dropFirst().first == "EAFNOSUPPORT EAFNOSUPPORT EAFNOSUPPORT")
+            #expect(lines.dropFirst(2).first == "ok EPROTONOSUPPORT EPROTONOSUPPORT EPROTONOSUPPORT")
+            #expect(lines.dropFirst(3).first == "ok ok ('127.0.0.1', 80) [(1, 'lo')]")
         },
         Hostile(kind: "network", name: "DNS", code: #"""
         import socket
@@ -410,6 +430,12 @@ struct Hostile: Sendable, CustomTestStringConvertible {
         denied("mount", 165), denied("umount2", 166), denied("pivot_root", 155), denied("chroot", 161),
         denied("swapon", 167), denied("acct", 163), denied("open_by_handle_at", 304),
         denied("process_vm_readv", 310), denied("quotactl", 179),
+        // refused by Docker's default profile too
+        denied("kcmp", 312, "1, 1, 0, 0, 0"), denied("get_mempolicy", 239), denied("set_mempolicy", 238),
+        denied("mbind", 237), denied("move_pages", 279), denied("migrate_pages", 256),
+        denied("set_mempolicy_home_node", 450), denied("sysfs", 139, "3, 0, 0"), denied("ustat", 136),
+        denied("fanotify_init", 300), denied("modify_ldt", 154), denied("sethostname", 170, "0, 0"),
+        denied("setdomainname", 171, "0, 0"),
         Hostile(kind: "kernel", name: "i386 ABI (int 0x80): getpid, bpf, mount", code: #"""
         print(machine_code(b"\xb8\x14\x00\x00\x00\xcd\x80\xc3", ctypes.c_int),
               machine_code(b"\xb8\x65\x01\x00\x00\xcd\x80\xc3", ctypes.c_int),
@@ -454,6 +480,29 @@ struct Hostile: Sendable, CustomTestStringConvertible {
 
     // MARK: leaks
     static let leaks: [Hostile] = [
+        Hostile(kind: "leaks", name: "the host through /proc: kernel symbols, config, memory map, keys, boot, disks", code: #"""
+        def peek(p):
+            try:
+                with open("/proc/" + p, "rb") as f:
+                    return len(f.read())
+            except IsADirectoryError:
+                return os.listdir("/proc/" + p)
+            except OSError as e:
+                return errno.errorcode.get(e.errno)
+        names = ["kallsyms", "config.gz", "iomem", "ioports", "keys", "key-users", "cmdline", "modules", "interrupts",
+                 "timer_list", "sched_debug", "partitions", "diskstats", "vmallocinfo", "acpi", "scsi", "driver"]
+        print({n: v for n in names if (v := peek(n)) not in (0, [], "ENOENT")})
+        print(open("/proc/1/cmdline", "rb").read().rstrip(b"\0"), open("/proc/1/comm").read().strip(),
+              open("/proc/self/cmdline", "rb").read())
+        print(tryop(lambda: open("/proc/bus/x", "w")), tryop(lambda: os.mkdir("/proc/acpi/x")),
+              len(open("/proc/cpuinfo").read()) > 0, len(open("/proc/meminfo").read()) > 0, os.cpu_count() > 0)
+        """#) { r in
+            let lines = r.output.split(separator: "\n").map(String.init)
+            #expect(lines.count == 3, "\(r.output) \(r.error ?? "")")
+            #expect(lines.first == "{}", "readable host information: \(lines.first ?? "")")
+            #expect(lines.dropFirst().first == "b'sandpit-init' sandpit-init b'/usr/bin/python3\\x00-s\\x00/work/main.py\\x00'")
+            #expect(lines.dropFirst(2).first?.hasSuffix("True True True") == true, "what Python needs of /proc stays")
+        },
         Hostile(kind: "leaks", name: "hostname and environment", code: #"""
         import socket
         print(socket.gethostname(), os.uname().nodename, sorted(os.environ))

@@ -436,6 +436,62 @@ struct ReuseTests {
         #expect(d.networkIORx == 0 && d.networkIOTx == 0)
     }
 
+    @Test func failedSendsLeaveNoCounterForTheNextRun() async throws {
+        var settings = SandboxSettings()
+        settings.prepareAhead = false
+        settings.netnsPoolSize = 1
+        let sandbox = Sandbox(settings: settings)
+        defer { sandbox.shutdown() }
+        let ino = "import os\nprint(os.stat('/proc/self/ns/net').st_ino)\n"
+        let snmp = """
+        rows = [l.split() for l in open("/proc/net/snmp") if l.startswith("Ip:")]
+        print(dict(zip(rows[0], rows[1]))["OutNoRoutes"])
+        """
+        // Every send fails (no route): not one packet on `lo`, but the namespace's
+        // counters moved. Another run must not read them.
+        let a = try await run(sandbox, ino + """
+        import socket
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        n = 0
+        for i in range(1234):
+            try:
+                s.sendto(b"x", ("10.9.9.9", 9))
+            except OSError:
+                n += 1
+        print(n)
+
+        """ + snmp)
+        #expect(a.status == .ok, "\(a.error ?? "")")
+        #expect(a.output.split(separator: "\n").dropFirst().map(String.init) == ["1234", "1234"], "\(a.output)")
+        #expect(a.networkIORx == 0 && a.networkIOTx == 0)
+        let b = try await run(sandbox, ino + snmp)
+        #expect(b.status == .ok, "\(b.error ?? "")")
+        let lines = b.output.split(separator: "\n")
+        #expect(lines.last == "0", "the next run reads the previous run's counters: \(b.output)")
+        #expect(lines.first != a.output.split(separator: "\n").first, "a fresh namespace, not the one with moved counters")
+        // A run that did nothing to its network leaves a namespace that is kept.
+        let c = try await run(sandbox, ino)
+        #expect(c.output == String(lines[0]) + "\n", "a namespace whose counters are as new is still reused")
+    }
+
+    @Test func anEmptiedScratchGivesItsBlocksBackToTheHost() async throws {
+        let sandbox = Self.sandbox(pool: 1)
+        defer { sandbox.shutdown() }
+        let a = try await run(sandbox, """
+        import os
+        with open("/tmp/big", "wb") as f:
+            for i in range(60):
+                f.write(os.urandom(1 << 20))
+            f.flush()
+            os.fsync(f.fileno())
+        print(os.path.getsize("/tmp/big") >> 20)
+        """)
+        #expect(a.status == .ok && a.output == "60\n", "\(a.error ?? "")")
+        #expect((a.blockIOWrite ?? 0) >= 60 << 20, "the data reached the scratch's device")
+        let kept = try #require(sandbox.pool.items.first, "the emptied scratch is kept")
+        #expect(kept.hostBytes < 16 << 20, "an emptied scratch still holds \(kept.hostBytes) bytes of host disk")
+    }
+
     @Test func runsContinueWhenTheLauncherDies() async throws {
         let sandbox = Sandbox()
         defer { sandbox.shutdown() }

@@ -37,6 +37,8 @@ enum sp_op_kind {
     SP_OP_RMDIR = 11,     // rmdir(dst)
     SP_OP_TOUCH = 12,     // create an empty file dst (bind target)
     SP_OP_MOVE_MOUNT = 13, // attach the detached mount `fd` on dst (move_mount), then close fd
+    SP_OP_MASK = 14,      // hide dst: an empty read-only tmpfs on a directory, a read-only bind
+                          // of src (a /dev/null) on anything else; skipped when dst is absent
 };
 
 #define SP_BIND_RO 0x1        // remount the bind read-only
@@ -192,13 +194,21 @@ int sp_have_clone_into_cgroup(void);
 /// on a short-lived helper thread (setns affects only the calling thread).
 /// Returns bytes read or -errno.
 ssize_t sp_read_netdev_in_ns(int nsfd, char *buf, size_t len);
+/// Reads `/proc/thread-self/net/<name>` for each name from inside the network
+/// namespace `nsfd` (same helper-thread scheme), each file's text followed by a NUL
+/// (an absent file contributes only the NUL). Returns bytes read or -errno.
+ssize_t sp_read_net_files_in_ns(int nsfd, const char *const *names, size_t nnames, char *buf, size_t len);
 
-/// Exports the seccomp program built by libseccomp from a policy. `rules` is
+/// Exports the seccomp program built by libseccomp from a policy. `denied` is
 /// an array of syscall names; `clone_ns_mask` denies clone() with any of those
 /// flags; clone3 fails with ENOSYS so that libc falls back to clone().
 /// Returns the number of BPF instructions written into *out (malloc'ed), or -errno.
+/// socket() and socketpair() fail with EAFNOSUPPORT for every address family not in
+/// `families`; socket(AF_NETLINK, ...) fails with EPROTONOSUPPORT for every protocol
+/// not in `netlink_protocols` (nfamilies == 0: no socket rules).
 int sp_seccomp_build(const char *const *denied, size_t ndenied, uint64_t clone_ns_mask,
-                     int deny_errno, void **out, size_t *out_bytes);
+                     int deny_errno, const int *families, size_t nfamilies,
+                     const int *netlink_protocols, size_t nnetlink, void **out, size_t *out_bytes);
 
 /// Attaches `backing_fd` to a free loop device with LOOP_CONFIGURE and
 /// LO_FLAGS_AUTOCLEAR. Returns the loop fd and its number in *index, or -errno.
@@ -226,6 +236,10 @@ int sp_memfd(const char *name);
 uint64_t sp_sandbox_ns_flags(void);
 /// open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC): a file with no name, gone when closed.
 int sp_open_tmpfile(const char *dir);
+/// FITRIM on the filesystem whose directory (or mount) is `dirfd`: the free blocks
+/// are discarded, which a loop device turns into holes in its backing file.
+/// Returns the bytes trimmed, or -errno.
+int64_t sp_fitrim(int dirfd);
 /// Inodes in use on the filesystem of `fd` (fstatfs: f_files - f_ffree), or -errno.
 int64_t sp_inodes_in_use(int fd);
 
