@@ -19,6 +19,18 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Largest request body in bytes; beyond that 413.") var maxBody = 1 << 20
     @Option(help: "File holding the bearer token (SANDPIT_TOKEN takes precedence).") var tokenFile: String?
     @Option(help: "Seconds in-flight runs may continue after SIGTERM before they are stopped.") var grace: Double = 10
+    @Option(help: "Seconds a request's head and body may take from its first byte; then 408 and close.") var readTimeout: Double = 10
+    @Option(help: "Seconds a kept-alive connection may stay idle before it is closed.") var idleTimeout: Double = 60
+    @Option(help: "Open connections at most; more are closed at once.") var maxConnections = 4096
+    @Option(help: "Days finished runs are kept in the log (0: forever).") var retainDays: Double = 30
+    @Option(help: "Rows the log keeps at most, newest first (0: no cap).") var retainRows = 1_000_000
+    @Option(help: "Bytes of stdout and of stderr stored per row (responses are not cut).") var logOutputLimit = 256 << 10
+
+    func validate() throws {
+        if readTimeout <= 0 || idleTimeout <= 0 { throw ValidationError("timeouts must be positive") }
+        if maxConnections < 1 { throw ValidationError("--max-connections must be at least 1") }
+        if retainDays < 0 || retainRows < 0 || logOutputLimit < 0 { throw ValidationError("retention values must not be negative") }
+    }
 
     func run() async throws {
         LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
@@ -31,6 +43,23 @@ struct Serve: AsyncParsableCommand {
         config.queueSize = queueSize
         config.maxBodyBytes = maxBody
         config.graceSeconds = grace
+        config.readTimeout = .milliseconds(Int64(readTimeout * 1000))
+        config.idleTimeout = .milliseconds(Int64(idleTimeout * 1000))
+        config.maxConnections = maxConnections
+        config.retention = .init(days: retainDays > 0 ? retainDays : nil, rows: retainRows > 0 ? retainRows : nil)
+        config.logOutputLimit = logOutputLimit
+        // Each connection is a descriptor: make room for the cap (up to the hard limit).
+        var nofile = rlimit()
+        if getrlimit(Int32(RLIMIT_NOFILE.rawValue), &nofile) == 0 {
+            let want = rlim_t(maxConnections + 1024)
+            if nofile.rlim_cur < want {
+                nofile.rlim_cur = min(want, nofile.rlim_max)
+                _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &nofile)
+            }
+            if nofile.rlim_cur < rlim_t(maxConnections + 64) {
+                logger.warning("the descriptor limit (\(nofile.rlim_cur)) is below --max-connections \(maxConnections)")
+            }
+        }
         if let t = ProcessInfo.processInfo.environment["SANDPIT_TOKEN"], !t.isEmpty {
             config.token = t
         } else if let f = tokenFile {
@@ -39,6 +68,9 @@ struct Serve: AsyncParsableCommand {
         }
         do { try config.validate() } catch let e as APIError { throw ValidationError(e.detail) }
 
+        if (config.token ?? "").isEmpty {
+            logger.warning("no token: any local user can run code and read every logged run (set SANDPIT_TOKEN or --token-file)")
+        }
         let svc = try await ServiceContext.open(config: config, logger: logger)
         let app = buildApplication(svc)
         let group = ServiceGroup(configuration: .init(services: [app], logger: logger))
@@ -69,6 +101,7 @@ struct Serve: AsyncParsableCommand {
         }
         logger.info("sandpit serve on \(config.host):\(config.port), log \(config.databasePath), \(config.maxConcurrency) slots, queue \(config.queueSize)")
         try await group.run()
+        await svc.close()
         await svc.sandbox.quiesce()
         svc.sandbox.shutdown()
         withExtendedLifetime(sources) {}

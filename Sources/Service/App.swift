@@ -1,9 +1,12 @@
 import CgroupKit
 import Foundation
+import GRDB
 import HTTPTypes
 import Hummingbird
+import HummingbirdCore
 import Logging
 import Sandbox
+import Synchronization
 
 /// Everything `sandpit serve` is configured with.
 public struct ServiceConfig: Sendable {
@@ -19,6 +22,18 @@ public struct ServiceConfig: Sendable {
     public var graceSeconds: Double = 10
     /// The sandbox's state directory (scratch templates, run roots).
     public var stateDirectory = SandboxSettings().stateDirectory
+    /// How long the log keeps rows (see `ExecutionStore.Retention`).
+    public var retention = ExecutionStore.Retention()
+    /// Bytes of stdout and of stderr stored per row (responses are not cut).
+    public var logOutputLimit = 256 << 10
+    /// How often retention, pending row completions and the WAL checkpoint run.
+    public var maintenanceInterval: Duration = .seconds(60)
+    /// A request's head and body must arrive within this time of its first byte.
+    public var readTimeout: Duration = .seconds(10)
+    /// A kept-alive connection with no request in progress is closed after this.
+    public var idleTimeout: Duration = .seconds(60)
+    /// Open connections at most; one more is closed as soon as it is accepted.
+    public var maxConnections = 4096
 
     public init(databasePath: String) {
         self.databasePath = databasePath
@@ -42,6 +57,8 @@ public final class ServiceContext: Sendable {
     public let admission: Admission
     public let metrics: ServiceMetrics
     public let logger: Logger
+    public let connections: ConnectionLimiter
+    let maintenance = Mutex<Task<Void, Never>?>(nil)
 
     public init(config: ServiceConfig, sandbox: Sandbox, store: ExecutionStore, logger: Logger) {
         self.config = config
@@ -49,16 +66,43 @@ public final class ServiceContext: Sendable {
         self.store = store
         admission = Admission(maxConcurrency: config.maxConcurrency, queueSize: config.queueSize)
         metrics = ServiceMetrics()
+        connections = ConnectionLimiter(max: config.maxConnections)
         self.logger = logger
+    }
+
+    /// Runs the log's upkeep now and then every `maintenanceInterval` until `close()`.
+    func startMaintenance() {
+        let task = Task { [self] in
+            while !Task.isCancelled {
+                do {
+                    let r = try await store.maintain(config.retention)
+                    if r.deleted > 0 || r.completed > 0 {
+                        logger.info("log upkeep: \(r.deleted) row(s) past retention deleted, \(r.completed) pending row(s) completed")
+                    }
+                } catch {
+                    logger.error("log upkeep failed (retried in \(config.maintenanceInterval)): \(error)")
+                }
+                try? await Task.sleep(for: config.maintenanceInterval)
+            }
+        }
+        maintenance.withLock { $0 = task }
+    }
+
+    /// Stops the upkeep task (the service is shutting down).
+    public func close() async {
+        let task = maintenance.withLock { t -> Task<Void, Never>? in
+            defer { t = nil }
+            return t
+        }
+        task?.cancel()
+        await task?.value
     }
 
     /// Opens the database, applies the migrations, marks runs of a crashed previous
     /// instance as interrupted and sweeps their cgroups.
     public static func open(config: ServiceConfig, logger: Logger) async throws -> ServiceContext {
         try config.validate()
-        let dir = (config.databasePath as NSString).deletingLastPathComponent
-        if !dir.isEmpty { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) }
-        let store = try ExecutionStore(path: config.databasePath)
+        let store = try ExecutionStore(path: config.databasePath, outputLimit: config.logOutputLimit)
         try Schema.migrate(store.pool) { logger.info("migrate: \($0)") }
         var settings = SandboxSettings(stateDirectory: config.stateDirectory)
         settings.spareCgroup = true  // `serve` and the tests call sandbox.shutdown() at the end
@@ -67,7 +111,9 @@ public final class ServiceContext: Sendable {
         if interrupted > 0 { logger.warning("marked \(interrupted) run(s) of a previous instance as interrupted") }
         sandbox.sweepStale()
         sandbox.warmUp()  // the launcher and the first run's resources, on a thread of its own
-        return ServiceContext(config: config, sandbox: sandbox, store: store, logger: logger)
+        let svc = ServiceContext(config: config, sandbox: sandbox, store: store, logger: logger)
+        svc.startMaintenance()
+        return svc
     }
 }
 
@@ -201,7 +247,10 @@ func execute(_ req: ExecutionRequest, _ svc: ServiceContext) async throws -> Res
     } catch {
         await svc.admission.release()
         svc.logger.error("cannot log a run: \(error)")
-        throw APIError(.serviceUnavailable, "storage_unavailable", "the execution log cannot be written")
+        let reason = (error as? DatabaseError).map { $0.resultCode == .SQLITE_FULL ? ": the database or its disk is full" : ": \($0.message ?? "\($0.resultCode)")" } ?? ""
+        var e = APIError(.serviceUnavailable, "storage_unavailable", "the execution log cannot be written\(reason); no run was started")
+        e.headers[.retryAfter] = "5"
+        throw e
     }
     let t1 = ContinuousClock.now
     let result = await svc.sandbox.run(req, id: id)
@@ -209,7 +258,9 @@ func execute(_ req: ExecutionRequest, _ svc: ServiceContext) async throws -> Res
     do {
         try await svc.store.finish(id: rowID, result: result, finishedAt: Date())
     } catch {
-        svc.logger.error("run \(id) (row \(rowID)): result not logged: \(error)")
+        // The program ran: its result is the client's. The row is completed by the
+        // log's upkeep once the database can be written again.
+        svc.logger.error("run \(id) (row \(rowID)): result not logged yet (retried by the upkeep): \(error)")
     }
     if svc.logger.logLevel <= .debug {
         let t3 = ContinuousClock.now
@@ -225,8 +276,17 @@ func execute(_ req: ExecutionRequest, _ svc: ServiceContext) async throws -> Res
 
 /// The application with its server configuration.
 public func buildApplication(_ svc: ServiceContext) -> some ApplicationProtocol {
-    Application(
+    var limits = HTTPLimits()
+    limits.readTimeout = svc.config.readTimeout
+    limits.idleTimeout = svc.config.idleTimeout
+    limits.maxBodyBytes = svc.config.maxBodyBytes
+    let connections = svc.connections
+    let httpLimits = limits
+    return Application(
         router: buildRouter(svc),
+        server: HTTPServerBuilder { responder in
+            GuardedHTTP1Channel(responder: responder, limits: httpLimits, connections: connections)
+        },
         configuration: .init(address: .hostname(svc.config.host, port: svc.config.port), serverName: "sandpit"),
         logger: svc.logger)
 }

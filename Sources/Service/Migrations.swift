@@ -31,6 +31,7 @@ public enum Schema {
         // sandpit's
         ("status", "TEXT"), ("signal", "INTEGER"), ("oom_killed", "BOOLEAN"), ("timed_out", "BOOLEAN"),
         ("queued_at", "TIMESTAMP"), ("started_at", "TIMESTAMP"), ("finished_at", "TIMESTAMP"), ("host", "TEXT"),
+        ("log_truncated", "BOOLEAN"),
     ]
 
     public static let indexes = [

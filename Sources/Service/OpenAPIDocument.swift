@@ -410,6 +410,13 @@ enum OpenAPIDocument {
               "string",
               "null"
             ]
+          },
+          "log_truncated": {
+            "type": [
+              "boolean",
+              "null"
+            ],
+            "description": "the stored output or error was cut at the log's output limit (--log-output-limit); the response had all of it. Null for rows logged before this column existed."
           }
         }
       },
@@ -655,6 +662,16 @@ enum OpenAPIDocument {
           },
           "401": {
             "description": "Missing or wrong token",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "408": {
+            "description": "The request's head and body did not arrive within --read-timeout; the connection is closed",
             "content": {
               "application/json": {
                 "schema": {

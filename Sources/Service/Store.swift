@@ -1,6 +1,7 @@
 import Foundation
 import GRDB
 import Sandbox
+import Synchronization
 
 /// The execution log: SQLite through GRDB, WAL mode (DatabasePool), busy database
 /// retried. Table and column names are the specification's.
@@ -8,11 +9,39 @@ public final class ExecutionStore: Sendable {
     public let pool: DatabasePool
     public let host: String
 
-    public init(path: String, host: String = ExecutionStore.hostName()) throws {
+    /// Bytes of a run's stdout, and of its stderr, kept in its row (the response has
+    /// them all); a cut row says so in `log_truncated`.
+    public let outputLimit: Int
+    /// Results whose row could not be completed (disk full, I/O error), retried by
+    /// `maintain()` so that the log catches up by itself once it can be written.
+    let unfinished = Mutex<[(id: Int64, result: ExecutionResult, finishedAt: Date)]>([])
+
+    public init(path: String, host: String = ExecutionStore.hostName(), outputLimit: Int = 256 << 10) throws {
+        try Self.secureFiles(path)
         var config = Configuration()
         config.busyMode = .timeout(10)  // wait for a lock instead of failing
+        config.prepareDatabase { db in
+            // A checkpointed WAL is cut back to this size instead of keeping its largest.
+            try db.execute(sql: "PRAGMA journal_size_limit = \(8 << 20)")
+        }
         pool = try DatabasePool(path: path, configuration: config)
         self.host = host
+        self.outputLimit = max(0, outputLimit)
+    }
+
+    /// The log holds every run's code and output: its directory is made 0700 when it
+    /// does not exist, and the database and its side files are 0600 (SQLite gives the
+    /// -wal and -shm files the database's mode; existing ones are tightened too).
+    static func secureFiles(_ path: String) throws {
+        let dir = (path as NSString).deletingLastPathComponent
+        if !dir.isEmpty && access(dir, F_OK) != 0 {
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true,
+                                                    attributes: [.posixPermissions: 0o700])
+        }
+        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
+        close(fd)
+        for suffix in ["", "-wal", "-shm"] { _ = chmod(path + suffix, 0o600) }
     }
 
     public static func hostName() -> String {
@@ -49,8 +78,30 @@ public final class ExecutionStore: Sendable {
         }
     }
 
-    /// Completes a row with the run's result.
+    /// Cuts `text` to at most `limit` bytes of UTF-8 (on a character boundary).
+    static func capped(_ text: String?, _ limit: Int) -> (String?, Bool) {
+        guard let text, text.utf8.count > limit else { return (text, false) }
+        var end = text.utf8.index(text.utf8.startIndex, offsetBy: limit)
+        while end > text.startIndex && !text.unicodeScalars.indices.contains(end) { end = text.utf8.index(before: end) }
+        return (String(text[..<end]), true)
+    }
+
+    /// Completes a row with the run's result. When the database cannot be written
+    /// (full disk, I/O error), the result is kept and written by a later `maintain()`.
     public func finish(id: Int64, result r: ExecutionResult, finishedAt: Date) async throws {
+        do {
+            try await finishRow(id: id, result: r, finishedAt: finishedAt)
+        } catch {
+            unfinished.withLock { list in
+                if list.count < 10_000 { list.append((id, r, finishedAt)) }
+            }
+            throw error
+        }
+    }
+
+    func finishRow(id: Int64, result r: ExecutionResult, finishedAt: Date) async throws {
+        let (output, outCut) = Self.capped(r.output, outputLimit)
+        let (errorText, errCut) = Self.capped(r.error, outputLimit)
         try await write { db in
             try db.execute(sql: """
                 UPDATE execution_logs SET
@@ -59,17 +110,81 @@ public final class ExecutionStore: Sendable {
                   memory_usage = ?, memory_peak = ?, memory_percent = ?, memory_limit = ?,
                   block_io_read = ?, block_io_write = ?, network_io_rx = ?, network_io_tx = ?,
                   pids_count = ?, exit_code = ?,
-                  status = ?, signal = ?, oom_killed = ?, timed_out = ?, started_at = ?, finished_at = ?
+                  status = ?, signal = ?, oom_killed = ?, timed_out = ?, started_at = ?, finished_at = ?,
+                  log_truncated = ?
                 WHERE id = ?
                 """, arguments: [
-                    r.containerID, r.output, r.error, r.success, r.executionTime,
+                    r.containerID, output, errorText, r.success, r.executionTime,
                     r.cpuUserTime, r.cpuSystemTime, r.cpuPercent,
                     r.memoryUsage, r.memoryPeak, r.memoryPercent, r.memoryLimit,
                     r.blockIORead, r.blockIOWrite, r.networkIORx, r.networkIOTx,
                     r.pidsCount, r.exitCode,
-                    r.status.rawValue, r.signal, r.oomKilled, r.timedOut, r.startedAt, finishedAt, id,
+                    r.status.rawValue, r.signal, r.oomKilled, r.timedOut, r.startedAt, finishedAt,
+                    outCut || errCut, id,
                 ])
         }
+    }
+
+    public struct Retention: Sendable {
+        /// Finished rows older than this many days are deleted (nil: kept).
+        public var days: Double?
+        /// Only the newest this many rows are kept (nil: no cap).
+        public var rows: Int?
+        public init(days: Double? = 30, rows: Int? = 1_000_000) {
+            self.days = days
+            self.rows = rows
+        }
+    }
+
+    public struct MaintenanceReport: Sendable {
+        public var deleted = 0
+        public var completed = 0
+        public var walBytes: Int64 = 0
+    }
+
+    /// The periodic upkeep of the log: rows whose completion failed are written,
+    /// finished rows beyond the retention are deleted (`running` rows never are), and
+    /// the WAL is checkpointed and truncated.
+    @discardableResult
+    public func maintain(_ retention: Retention, now: Date = Date()) async throws -> MaintenanceReport {
+        var report = MaintenanceReport()
+        let pending = unfinished.withLock { list in
+            let all = list
+            list.removeAll()
+            return all
+        }
+        for (i, p) in pending.enumerated() {
+            do {
+                try await finishRow(id: p.id, result: p.result, finishedAt: p.finishedAt)
+                report.completed += 1
+            } catch {
+                unfinished.withLock { $0.append(contentsOf: pending[i...]) }
+                throw error
+            }
+        }
+        let cutoff = retention.days.map { now.addingTimeInterval(-$0 * 86400) }
+        let rows = retention.rows
+        report.deleted = try await write { db in
+            var n = 0
+            if let cutoff {
+                try db.execute(sql: "DELETE FROM execution_logs WHERE created_at < ? AND status != 'running'", arguments: [cutoff])
+                n += db.changesCount
+            }
+            if let rows {
+                try db.execute(sql: """
+                    DELETE FROM execution_logs WHERE status != 'running' AND id <=
+                      (SELECT id FROM execution_logs ORDER BY id DESC LIMIT 1 OFFSET ?)
+                    """, arguments: [max(0, rows)])
+                n += db.changesCount
+            }
+            return n
+        }
+        try await pool.writeWithoutTransaction { db in
+            _ = try Row.fetchOne(db, sql: "PRAGMA wal_checkpoint(TRUNCATE)")
+        }
+        var st = stat()
+        if stat(pool.path + "-wal", &st) == 0 { report.walBytes = Int64(st.st_size) }
+        return report
     }
 
     /// Rows of this host still `running` belong to a sandpit that died: mark them.
@@ -100,7 +215,7 @@ public final class ExecutionStore: Sendable {
         id, container_id, container_name, success, status, exit_code, signal, execution_time,
         cpu_user_time, cpu_system_time, cpu_percent, memory_usage, memory_peak, memory_percent, memory_limit,
         block_io_read, block_io_write, network_io_rx, network_io_tx, pids_count, oom_killed, timed_out,
-        created_at, queued_at, started_at, finished_at, host
+        log_truncated, created_at, queued_at, started_at, finished_at, host
         """
 
     /// Newest first; `before` is the cursor (an id).
@@ -165,7 +280,7 @@ public final class ExecutionStore: Sendable {
     /// A row as a JSON object (booleans as booleans, dates as RFC 3339 strings).
     static func json(_ row: Row) -> [String: Any] {
         var out: [String: Any] = [:]
-        let booleans: Set<String> = ["success", "oom_killed", "timed_out"]
+        let booleans: Set<String> = ["success", "oom_killed", "timed_out", "log_truncated"]
         for (name, value) in row {
             switch value.storage {
             case .null: out[name] = NSNull()

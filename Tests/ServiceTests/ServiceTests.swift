@@ -49,6 +49,7 @@ func withService(_ edit: (inout ServiceConfig) -> Void = { _ in },
     let svc = try await ServiceContext.open(config: config, logger: logger)
     let app = buildApplication(svc)
     try await app.test(.live) { client in try await body(client, svc) }
+    await svc.close()
     await svc.sandbox.quiesce()
     svc.sandbox.shutdown()
 }
@@ -265,6 +266,49 @@ struct ServiceRunTests {
         }
     }
 
+    @Test func aFullDiskGives503AndTheServiceRecoversByItself() async throws {
+        try #require(Env.isRoot, "privileged test run without root")
+        // The log on a 2 MiB filesystem of its own, filled up between two requests.
+        let dir = "/tmp/sandpit-full-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        try #require(mount("tmpfs", dir, "tmpfs", 0, "size=2m,mode=0700") == 0, "mount tmpfs: \(errno)")
+        defer {
+            umount2(dir, Int32(MNT_DETACH))
+            rmdir(dir)
+        }
+        let filler = dir + "/filler"
+        try await withService({ $0.databasePath = dir + "/log/executions.db" }) { client, svc in
+            let first = try await client.post("/execute", #"{"code": "print(1)", "container_name": "before"}"#)
+            #expect(first.status == .ok)
+            // Fill the filesystem.
+            let fd = open(filler, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+            let block = [UInt8](repeating: 7, count: 65536)
+            while block.withUnsafeBytes({ write(fd, $0.baseAddress, $0.count) }) > 0 {}
+            #expect(errno == ENOSPC)
+            close(fd)
+            let code = String(repeating: "#", count: 64 << 10)
+            let full = try await client.post("/execute", #"{"code": "\#(code)\nprint(2)", "container_name": "during"}"#)
+            #expect(full.status == .serviceUnavailable)
+            let obj = json(full.body) as? [String: Any]
+            #expect(obj?["error"] as? String == "storage_unavailable")
+            #expect((obj?["detail"] as? String)?.contains("full") == true, "\(obj ?? [:])")
+            #expect(full.headers[.retryAfter] != nil)
+            #expect(openAPI.validate(obj ?? [:], path: "/execute", method: "post", status: 503).isEmpty)
+            // Space is back: the next request runs and is logged, with nothing lost before.
+            unlink(filler)
+            let after = try await client.post("/execute", #"{"code": "print(3)", "container_name": "after"}"#)
+            #expect(after.status == .ok)
+            let rows = try await svc.store.list(.init())
+            #expect(rows.compactMap { $0["container_name"] as? String } == ["after", "before"])
+            #expect(rows.allSatisfy { $0["status"] as? String == "ok" })
+            let check = try await svc.store.pool.read { db in try String.fetchOne(db, sql: "PRAGMA integrity_check") }
+            #expect(check == "ok")
+            let beforeID = try #require(rows.last?["id"] as? Int64)
+            let before = try #require(try await svc.store.get(id: beforeID))
+            #expect(before["output"] as? String == "1\n")
+        }
+    }
+
     @Test func failedRunsAreLoggedWithTheirStatus() async throws {
         try #require(Env.isRoot, "privileged test run without root")
         try await withService { client, svc in
@@ -449,5 +493,223 @@ func httpExchange(port: Int, _ method: String, _ path: String, body: String = ""
             let parts = text.components(separatedBy: "\r\n\r\n")
             cont.resume(returning: (status, parts.first ?? "", parts.dropFirst().joined(separator: "\r\n\r\n")))
         }
+    }
+}
+
+/// What one raw TCP exchange with the server gave: the bytes received, whether the
+/// server closed the connection, and after how many seconds.
+struct RawExchange {
+    var text: String
+    var closed: Bool
+    var seconds: Double
+    /// The final status (after any `100 Continue`).
+    var status: Int {
+        let lines = text.components(separatedBy: "\r\n").filter { $0.hasPrefix("HTTP/1.1 ") && !$0.hasPrefix("HTTP/1.1 100 ") }
+        return Int(lines.first?.split(separator: " ").dropFirst().first ?? "") ?? 0
+    }
+}
+
+/// Sends `head`, then `body` (blocking, as a client that does not read until it has
+/// sent everything would), then reads until the server closes or `timeout` passes.
+func rawExchange(port: Int, _ head: String, body: [UInt8] = [], timeout: Double = 8) async -> RawExchange {
+    await withCheckedContinuation { cont in
+        Thread.detachNewThread {
+            let t0 = Date()
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            defer { close(fd) }
+            var addr = sockaddr_in()
+            addr.sin_family = sa_family_t(AF_INET)
+            addr.sin_port = in_port_t(UInt16(port).bigEndian)
+            addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+            _ = withUnsafePointer(to: &addr) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
+            var tv = timeval(tv_sec: Int(timeout), tv_usec: Int((timeout - Double(Int(timeout))) * 1e6))
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+            setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+            let bytes = Array(head.utf8) + body
+            var off = 0
+            while off < bytes.count {
+                let n = bytes[off...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+                if n <= 0 { break }
+                off += n
+            }
+            var data = [UInt8]()
+            var buf = [UInt8](repeating: 0, count: 65536)
+            var closed = false
+            while true {
+                let n = recv(fd, &buf, buf.count, 0)
+                if n == 0 { closed = true; break }
+                if n < 0 { closed = errno == ECONNRESET; break }
+                data += buf[0..<n]
+            }
+            cont.resume(returning: RawExchange(text: String(decoding: data, as: UTF8.self), closed: closed,
+                                               seconds: Date().timeIntervalSince(t0)))
+        }
+    }
+}
+
+@Suite("Service: HTTP connection limits (real server, raw sockets)", .serialized, .enabled(if: !Env.inVM, "timing on the host only: nothing here depends on the cgroup version"))
+struct HTTPLimitsTests {
+    static func configure(_ c: inout ServiceConfig) {
+        c.readTimeout = .milliseconds(500)
+        c.idleTimeout = .seconds(1)
+        c.maxBodyBytes = 1000
+    }
+
+    @Test func stalledAndIdleConnectionsAreClosed() async throws {
+        try await withService(Self.configure) { client, _ in
+            let port = try #require(client.port)
+            // Headers that never finish: 408 and closed, before any token or route is involved.
+            let stalled = await rawExchange(port: port, "POST /execute HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n")
+            #expect(stalled.status == 408 && stalled.closed, "\(stalled)")
+            #expect(stalled.text.contains(#""error":"request_timeout""#))
+            // A body that never finishes: the same.
+            let slowBody = await rawExchange(port: port, "POST /execute HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"co")
+            #expect(slowBody.status == 408 && slowBody.closed, "\(slowBody)")
+            // Nothing at all after connecting: closed too.
+            let silent = await rawExchange(port: port, "")
+            #expect(silent.closed && silent.seconds < 6, "\(silent)")
+            // A kept-alive connection after its answer: closed once idle.
+            let idle = await rawExchange(port: port, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            #expect(idle.status == 200 && idle.closed && idle.seconds >= 0.9 && idle.seconds < 6, "\(idle)")
+        }
+    }
+
+    @Test(arguments: ["Connection: close\r\n", "", "Expect: 100-continue\r\n"])
+    func oversizedBodiesGet413AndTheConnectionCloses(_ header: String) async throws {
+        try await withService(Self.configure) { client, svc in
+            let port = try #require(client.port)
+            let body = [UInt8](repeating: UInt8(ascii: "x"), count: 2_000_000)
+            let r = await rawExchange(port: port, "POST /execute HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\(header)Content-Length: \(body.count)\r\n\r\n",
+                                      body: header.hasPrefix("Expect") ? [] : body)
+            #expect(r.status == 413 && r.closed, "\(header): \(r)")
+            #expect(r.text.contains(#""error":"body_too_large""#) && r.text.lowercased().contains("connection: close"))
+            // A chunked body over the limit: 413 too, once the limit is passed.
+            let chunk = "3e8\r\n" + String(repeating: "y", count: 1000) + "\r\n"
+            let c = await rawExchange(port: port, "POST /execute HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\(header)\r\n" + chunk + chunk + "0\r\n\r\n")
+            #expect(c.status == 413 && c.closed, "\(c)")
+            #expect(try await svc.store.list(.init()).isEmpty)
+        }
+    }
+
+    @Test func malformedRequestsGet400() async throws {
+        try await withService(Self.configure) { client, _ in
+            let port = try #require(client.port)
+            let conflict = await rawExchange(port: port, "POST /execute HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nabcdef")
+            #expect(conflict.status == 400 && conflict.closed, "\(conflict)")
+            let both = await rawExchange(port: port, "POST /execute HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nnope\r\n0\r\n\r\n")
+            #expect(both.status == 400 && both.closed, "\(both)")
+            let huge = await rawExchange(port: port, "GET /" + String(repeating: "a", count: 100_000) + " HTTP/1.1\r\nHost: x\r\n\r\n")
+            #expect(huge.status == 400 && huge.closed, "\(huge.status)")
+            // A valid chunked body is read as any other (here: not JSON).
+            let chunked = await rawExchange(port: port, "POST /execute HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n4\r\nnope\r\n0\r\n\r\n")
+            #expect(chunked.status == 400 && chunked.text.contains(#""error":"invalid_json""#), "\(chunked)")
+        }
+    }
+
+    @Test func connectionsBeyondTheCapAreClosedAtOnce() async throws {
+        try await withService({ Self.configure(&$0); $0.maxConnections = 4; $0.readTimeout = .seconds(5) }) { client, svc in
+            let port = try #require(client.port)
+            // Five silent connections: the server keeps four (until their read timeout) and closes one at once.
+            async let a = rawExchange(port: port, "", timeout: 2)
+            async let b = rawExchange(port: port, "", timeout: 2)
+            async let c = rawExchange(port: port, "", timeout: 2)
+            async let d = rawExchange(port: port, "", timeout: 2)
+            async let e = rawExchange(port: port, "", timeout: 2)
+            let all = await [a, b, c, d, e]
+            let closedAtOnce = all.filter { $0.closed && $0.seconds < 1.5 }
+            // (the test client may hold a connection of its own)
+            #expect(!closedAtOnce.isEmpty && all.count - closedAtOnce.count <= 4, "\(all)")
+            #expect(svc.connections.refused == closedAtOnce.count)
+            // They are gone now: a request is served again.
+            try await Task.sleep(for: .milliseconds(200))
+            let ok = await rawExchange(port: port, "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            #expect(ok.status == 200, "\(ok)")
+        }
+    }
+}
+
+@Suite("Service: the execution log's files, caps and retention (real SQLite)")
+struct LogRetentionTests {
+    func result(_ output: String, error: String? = nil) -> ExecutionResult {
+        var r = ExecutionResult(containerID: Sandbox.newID(), containerName: "t", startedAt: Date())
+        r.output = output
+        r.error = error
+        r.status = .ok
+        r.success = true
+        return r
+    }
+
+    @Test func theDatabaseIsPrivate() throws {
+        let dir = "/tmp/sandpit-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))/state"
+        defer { try? FileManager.default.removeItem(atPath: (dir as NSString).deletingLastPathComponent) }
+        let old = umask(0o022)
+        defer { umask(old) }
+        let store = try ExecutionStore(path: dir + "/executions.db")
+        try Schema.migrate(store.pool)
+        func mode(_ p: String) -> Int { ((try? FileManager.default.attributesOfItem(atPath: p)[.posixPermissions]) as? Int) ?? -1 }
+        #expect(mode(dir) == 0o700)
+        for f in ["executions.db", "executions.db-wal", "executions.db-shm"] {
+            #expect(mode(dir + "/" + f) == 0o600, "\(f): \(String(mode(dir + "/" + f), radix: 8))")
+        }
+        // An existing, world-readable log is tightened when opened.
+        chmod(dir + "/executions.db", 0o644)
+        _ = try ExecutionStore(path: dir + "/executions.db")
+        #expect(mode(dir + "/executions.db") == 0o600)
+    }
+
+    @Test func storedOutputIsCappedAndTheRowSaysSo() async throws {
+        let path = tempDB()
+        defer { removeDB(path) }
+        let store = try ExecutionStore(path: path, outputLimit: 10)
+        try Schema.migrate(store.pool)
+        let long = "é" + String(repeating: "x", count: 100)  // a 2-byte character at the start
+        let id = try await store.begin(code: "c", name: "t", containerID: "a", queuedAt: Date(), startedAt: Date())
+        try await store.finish(id: id, result: result(long, error: "short"), finishedAt: Date())
+        let row = try #require(try await store.get(id: id))
+        #expect(row["output"] as? String == "é" + String(repeating: "x", count: 8))
+        #expect(row["error"] as? String == "short")
+        #expect(row["log_truncated"] as? Bool == true)
+        let id2 = try await store.begin(code: "c", name: "t", containerID: "b", queuedAt: Date(), startedAt: Date())
+        try await store.finish(id: id2, result: result("fits"), finishedAt: Date())
+        #expect(try await store.get(id: id2)?["log_truncated"] as? Bool == false)
+    }
+
+    @Test func aRowThatCouldNotBeCompletedIsCompletedByTheUpkeep() async throws {
+        let path = tempDB()
+        defer { removeDB(path) }
+        let store = try ExecutionStore(path: path)
+        try Schema.migrate(store.pool)
+        let id = try await store.begin(code: "c", name: "late", containerID: "x", queuedAt: Date(), startedAt: Date())
+        // As finish() leaves it when the database cannot be written.
+        store.unfinished.withLock { $0.append((id, result("done"), Date())) }
+        #expect(try await store.get(id: id)?["status"] as? String == "running")
+        let r = try await store.maintain(.init(days: nil, rows: nil))
+        #expect(r.completed == 1)
+        #expect(try await store.get(id: id)?["status"] as? String == "ok")
+        #expect(try await store.get(id: id)?["output"] as? String == "done")
+    }
+
+    @Test func retentionDeletesOldAndExcessRowsButNeverRunningOnes() async throws {
+        let path = tempDB()
+        defer { removeDB(path) }
+        let store = try ExecutionStore(path: path)
+        try Schema.migrate(store.pool)
+        let now = Date()
+        // 10 rows: 4 from 40 days ago (one still running), 6 from today.
+        for i in 0..<10 {
+            let at = i < 4 ? now.addingTimeInterval(-40 * 86400) : now.addingTimeInterval(Double(i))
+            let id = try await store.begin(code: "\(i)", name: "r\(i)", containerID: "c\(i)", queuedAt: at, startedAt: at)
+            if i != 1 { try await store.finish(id: id, result: result("\(i)"), finishedAt: at) }
+        }
+        let r = try await store.maintain(.init(days: 30, rows: 4), now: now)
+        let left = try await store.list(.init()).compactMap { $0["container_name"] as? String }
+        // 3 old finished rows are past 30 days; of the rest, only the newest 4 (plus the running one) stay.
+        #expect(left == ["r9", "r8", "r7", "r6", "r1"], "\(left)")
+        #expect(r.deleted == 5)
+        #expect(r.walBytes == 0, "the WAL is truncated by the checkpoint")
+        let again = try await store.maintain(.init(days: 30, rows: 4), now: now)
+        #expect(again.deleted == 0)
     }
 }
