@@ -121,8 +121,9 @@ enum ExecuteRequestParser {
 
         if let s = try string("stdin") { req.stdin = Array(s.utf8) }
         if let n = try string("container_name") {
-            guard !n.isEmpty, n.utf8.count <= 256 else {
-                throw APIError(.badRequest, "invalid_request", "'container_name' must have 1 to 256 bytes")
+            // Counted as JSON Schema's maxLength counts: in Unicode code points.
+            guard !n.isEmpty, n.unicodeScalars.count <= 256 else {
+                throw APIError(.badRequest, "invalid_request", "'container_name' must have 1 to 256 characters")
             }
             req.name = n
         }

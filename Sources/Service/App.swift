@@ -137,9 +137,33 @@ struct TokenMiddleware<Context: RequestContext>: RouterMiddleware {
     }
 }
 
+/// A method the document does not list on a path it does: 405 with `Allow`, as
+/// RFC 9110 has it (the router alone answers 404).
+struct MethodMiddleware<Context: RequestContext>: RouterMiddleware {
+    static func allowed(_ path: String) -> String? {
+        switch path {
+        case "/execute": "POST"
+        case "/executions", "/executions/stats", "/health", "/metrics", "/openapi.json": "GET, HEAD"
+        default: path.hasPrefix("/executions/") && !path.dropFirst(12).contains("/") ? "GET, HEAD" : nil
+        }
+    }
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        do {
+            return try await next(request, context)
+        } catch let e as HTTPError where e.status == .notFound {
+            guard let allow = Self.allowed(request.uri.path) else { throw e }
+            var err = APIError(.methodNotAllowed, "method_not_allowed", "\(request.method) is not allowed on \(request.uri.path); allowed: \(allow)")
+            err.headers[.allow] = allow
+            throw err
+        }
+    }
+}
+
 /// The one place the HTTP application is assembled; tests build the same one.
 public func buildRouter(_ svc: ServiceContext) -> Router<BasicRequestContext> {
     let router = Router(context: BasicRequestContext.self)
+    router.add(middleware: MethodMiddleware())
     if let t = svc.config.token, !t.isEmpty { router.add(middleware: TokenMiddleware(token: t)) }
 
     router.post("execute") { request, _ -> Response in
@@ -164,7 +188,7 @@ public func buildRouter(_ svc: ServiceContext) -> Router<BasicRequestContext> {
             q.limit = v
         }
         if let c = p["cursor"] {
-            guard let v = Int64(c) else { throw APIError(.badRequest, "invalid_query", "'cursor' must be an execution id") }
+            guard let v = Int64(c), v >= 0 else { throw APIError(.badRequest, "invalid_query", "'cursor' must be an execution id") }
             q.before = v
         }
         if let s = p["status"] { q.status = String(s) }

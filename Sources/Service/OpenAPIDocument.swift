@@ -43,35 +43,72 @@ enum OpenAPIDocument {
             "type": "string"
           },
           "stdin": {
-            "type": "string"
+            "type": [
+              "string",
+              "null"
+            ]
           },
           "args": {
-            "type": "array",
+            "type": [
+              "array",
+              "null"
+            ],
             "items": {
               "type": "string"
             }
           },
           "container_name": {
-            "type": "string"
+            "type": [
+              "string",
+              "null"
+            ],
+            "minLength": 1,
+            "maxLength": 256,
+            "description": "1 to 256 characters"
           },
           "time_limit": {
-            "type": "number",
-            "description": "seconds"
+            "type": [
+              "number",
+              "null"
+            ],
+            "description": "seconds",
+            "minimum": 0.001,
+            "maximum": 300
           },
           "cpu_limit": {
-            "type": "number",
-            "description": "seconds"
+            "type": [
+              "number",
+              "null"
+            ],
+            "description": "seconds",
+            "minimum": 0.001,
+            "maximum": 300
           },
           "memory_limit": {
-            "type": "integer",
-            "description": "bytes"
+            "type": [
+              "integer",
+              "null"
+            ],
+            "description": "bytes",
+            "minimum": 16777216,
+            "maximum": 17179869184
           },
           "pids_limit": {
-            "type": "integer"
+            "type": [
+              "integer",
+              "null"
+            ],
+            "minimum": 1,
+            "maximum": 4096
           },
           "output_limit": {
-            "type": "integer",
-            "description": "bytes, each stream"
+            "type": [
+              "integer",
+              "null"
+            ],
+            "description": "bytes, each stream",
+            "minimum": 0,
+            "maximum": 67108864
           }
         }
       },
@@ -737,7 +774,9 @@ enum OpenAPIDocument {
             "name": "cursor",
             "in": "query",
             "schema": {
-              "type": "integer"
+              "type": "integer",
+              "minimum": 0,
+              "maximum": 9223372036854775807
             },
             "description": "next_cursor of the previous page"
           },
@@ -870,7 +909,9 @@ enum OpenAPIDocument {
             "in": "path",
             "required": true,
             "schema": {
-              "type": "integer"
+              "type": "integer",
+              "minimum": 0,
+              "maximum": 9223372036854775807
             }
           }
         ],
@@ -949,6 +990,16 @@ enum OpenAPIDocument {
                 }
               }
             }
+          },
+          "401": {
+            "description": "Missing or wrong bearer token",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
           }
         }
       }
@@ -963,6 +1014,16 @@ enum OpenAPIDocument {
               "application/json": {
                 "schema": {
                   "type": "object"
+                }
+              }
+            }
+          },
+          "401": {
+            "description": "Missing or wrong bearer token",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
                 }
               }
             }
