@@ -189,6 +189,12 @@ static int sp_do_op(const sp_mount_op *op) {
         if (mount(op->src, op->dst, NULL, MS_BIND, NULL) < 0) return -1;
         return mount(NULL, op->dst, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NOEXEC, NULL);
     }
+    case SP_OP_OVERLAY:
+        // The host's files through an overlay: mountinfo shows "overlay sandpit" and an
+        // anonymous device where a bind would name the host's disk and its options.
+        if (mount("sandpit", op->dst, "overlay", MS_RDONLY | MS_NOSUID | MS_NODEV, op->data) == 0) return 0;
+        if (mount(op->src, op->dst, NULL, MS_BIND, NULL) < 0) return -1;
+        return mount(NULL, op->dst, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, NULL);
     case SP_OP_TOUCH: {
         int fd = open(op->dst, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, op->mode);
         if (fd < 0) return -1;

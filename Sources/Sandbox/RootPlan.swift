@@ -4,7 +4,7 @@ import Foundation
 /// One step of building the sandbox's root, executed in order by the init in C.
 public struct MountOp: Sendable, Equatable {
     public enum Kind: Int32, Sendable {
-        case mkdir = 1, bind, symlink, tmpfs, proc, mknod, file, blockfs, chown, umount, rmdir, touch, moveMount, mask
+        case mkdir = 1, bind, symlink, tmpfs, proc, mknod, file, blockfs, chown, umount, rmdir, touch, moveMount, mask, overlay
     }
     public var kind: Kind
     public var flags: Int32 = 0
@@ -54,18 +54,36 @@ public struct RootPlan: Sendable {
         let src = sourceRoot == "/" ? "" : sourceRoot
         func add(_ op: MountOp) { ops.append(op) }
 
+        // The source root is seen through a read-only overlay of it (lower layers: the
+        // source root and an empty directory), mounted for the plan's binds and detached
+        // after them. A bind's mountinfo line names the filesystem it was cloned from: an
+        // overlay called "sandpit" on an anonymous device, not the host's disk and its
+        // mount options. Entries on another filesystem than the root (a separate /usr)
+        // are not in the overlay and are bound from the host directly.
+        let view = "\(r)/.sandpit-view", empty = "\(r)/.sandpit-empty"
+        let rootPath = src.isEmpty ? "/" : src
+        let rootDevice = SourceEntry.device(rootPath)
+        add(MountOp(kind: .mkdir, dst: view, mode: 0o700))
+        add(MountOp(kind: .mkdir, dst: empty, mode: 0o500))
+        add(MountOp(kind: .overlay, src: rootPath, dst: view, data: Array("lowerdir=\(rootPath):\(empty)\0".utf8)))
+
         // A source entry appears as itself: a symlink is recreated, a directory or a file
         // is bound read-only onto a fresh mount point. Missing entries are skipped.
         func expose(_ sourcePath: String, at dst: String) {
-            switch SourceEntry.of(sourcePath) {
+            let entry = SourceEntry.of(sourcePath)
+            var from = sourcePath
+            if rootDevice != nil, SourceEntry.device(sourcePath) == rootDevice {
+                from = view + String(sourcePath.dropFirst(src.count))
+            }
+            switch entry {
             case .symlink(let target):
                 add(MountOp(kind: .symlink, src: target, dst: dst))
             case .directory:
                 add(MountOp(kind: .mkdir, dst: dst))
-                add(MountOp(kind: .bind, flags: SP_BIND_RO, src: sourcePath, dst: dst))
+                add(MountOp(kind: .bind, flags: SP_BIND_RO, src: from, dst: dst))
             case .file:
                 add(MountOp(kind: .touch, dst: dst, mode: 0o644))
-                add(MountOp(kind: .bind, flags: SP_BIND_RO, src: sourcePath, dst: dst))
+                add(MountOp(kind: .bind, flags: SP_BIND_RO, src: from, dst: dst))
             case .missing:
                 break
             }
@@ -84,6 +102,10 @@ public struct RootPlan: Sendable {
         for (name, content) in files {
             add(MountOp(kind: .file, dst: "\(r)/etc/\(name)", data: Array(content.utf8), mode: 0o644))
         }
+        // The binds keep the overlay alive; its own mount point goes.
+        add(MountOp(kind: .umount, dst: view))
+        add(MountOp(kind: .rmdir, dst: view))
+        add(MountOp(kind: .rmdir, dst: empty))
 
         // /proc of the run's pid namespace; /proc/sys read-only.
         add(MountOp(kind: .mkdir, dst: "\(r)/proc"))
@@ -131,7 +153,26 @@ enum SourceEntry: Equatable, Sendable {
     private static let cache = Cache()
     private final class Cache: @unchecked Sendable {
         var entries: [String: (SourceEntry, Int64)] = [:]
+        var devices: [String: (UInt64?, Int64)] = [:]
         let lock = NSLock()
+    }
+
+    /// The filesystem (st_dev) `path` itself is on (not following a final symlink);
+    /// kept for 10 seconds like `of`.
+    static func device(_ path: String) -> UInt64? {
+        let now = monotonicNanos()
+        cache.lock.lock()
+        if let (d, at) = cache.devices[path], now - at < 10_000_000_000 {
+            cache.lock.unlock()
+            return d
+        }
+        cache.lock.unlock()
+        var st = stat()
+        let d: UInt64? = lstat(path, &st) == 0 ? UInt64(st.st_dev) : nil
+        cache.lock.lock()
+        cache.devices[path] = (d, now)
+        cache.lock.unlock()
+        return d
     }
 
     static func of(_ path: String) -> SourceEntry {

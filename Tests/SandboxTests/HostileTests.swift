@@ -480,6 +480,21 @@ struct Hostile: Sendable, CustomTestStringConvertible {
 
     // MARK: leaks
     static let leaks: [Hostile] = [
+        Hostile(kind: "leaks", name: "the host's disk through mountinfo", code: #"""
+        print(open("/proc/self/mountinfo").read())
+        """#) { r in
+            // The host's root filesystem: its source (e.g. /dev/vda1) and device number.
+            let text = SysFile.read("/proc/self/mountinfo") ?? ""
+            let root = try? #require(text.split(separator: "\n").last { $0.split(separator: " ").dropFirst(4).first == "/" })
+            let fields = (root ?? "").split(separator: " ")
+            let sep = fields.firstIndex(of: "-") ?? 0
+            let device = fields.count > 2 ? String(fields[2]) : "?"
+            let source = sep + 2 < fields.count ? String(fields[sep + 2]) : "?"
+            #expect(r.status == .ok && r.output.contains(" /usr "), "\(r.output) \(r.error ?? "")")
+            #expect(!r.output.contains(" \(device) "), "the host disk's device number \(device) shows: \(r.output)")
+            #expect(!r.output.contains(" \(source) "), "the host disk \(source) shows: \(r.output)")
+            #expect(r.output.contains(" - overlay sandpit ro,"), "\(r.output)")
+        },
         Hostile(kind: "leaks", name: "the host through /proc: kernel symbols, config, memory map, keys, boot, disks", code: #"""
         def peek(p):
             try:

@@ -39,6 +39,8 @@ enum sp_op_kind {
     SP_OP_MOVE_MOUNT = 13, // attach the detached mount `fd` on dst (move_mount), then close fd
     SP_OP_MASK = 14,      // hide dst: an empty read-only tmpfs on a directory, a read-only bind
                           // of src (a /dev/null) on anything else; skipped when dst is absent
+    SP_OP_OVERLAY = 15,   // a read-only overlay named "sandpit" on dst with options `data`
+                          // (lowerdir=...); without overlayfs, a read-only bind of src instead
 };
 
 #define SP_BIND_RO 0x1        // remount the bind read-only
