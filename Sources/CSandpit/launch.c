@@ -179,15 +179,22 @@ static int sp_do_op(const sp_mount_op *op) {
         return r;
     }
     case SP_OP_MASK: {
-        // Hide a /proc entry: a directory under an empty read-only tmpfs, anything
-        // else under a read-only bind of `src` (the run's /dev/null). Absent: nothing to hide.
+        // Hide a /proc entry: a directory under an empty read-only tmpfs (the first one
+        // mounted; the others are binds of it, cheaper than a superblock each), anything
+        // else under a bind of `src` (the run's /dev/null: reads nothing, keeps nothing).
+        // Absent: nothing to hide.
+        static const char *empty_dir;
         struct stat st;
         if (lstat(op->dst, &st) < 0) return errno == ENOENT ? 0 : -1;
-        if (S_ISDIR(st.st_mode))
-            return mount("tmpfs", op->dst, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
-                         "size=4k,nr_inodes=1,mode=555");
-        if (mount(op->src, op->dst, NULL, MS_BIND, NULL) < 0) return -1;
-        return mount(NULL, op->dst, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NOEXEC, NULL);
+        if (S_ISDIR(st.st_mode)) {
+            if (empty_dir) return mount(empty_dir, op->dst, NULL, MS_BIND, NULL);
+            if (mount("tmpfs", op->dst, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                      "size=4k,nr_inodes=1,mode=555") < 0)
+                return -1;
+            empty_dir = op->dst;
+            return 0;
+        }
+        return mount(op->src, op->dst, NULL, MS_BIND, NULL);
     }
     case SP_OP_OVERLAY:
         // The host's files through an overlay: mountinfo shows "overlay sandpit" and an

@@ -152,43 +152,32 @@ enum SourceEntry: Equatable, Sendable {
 
     private static let cache = Cache()
     private final class Cache: @unchecked Sendable {
-        var entries: [String: (SourceEntry, Int64)] = [:]
-        var devices: [String: (UInt64?, Int64)] = [:]
+        var entries: [String: (entry: SourceEntry, device: UInt64?, at: Int64)] = [:]
         let lock = NSLock()
     }
 
-    /// The filesystem (st_dev) `path` itself is on (not following a final symlink);
-    /// kept for 10 seconds like `of`.
-    static func device(_ path: String) -> UInt64? {
+    /// What `path` is and the filesystem (st_dev) it is on itself (not following a
+    /// final symlink), kept for 10 seconds.
+    private static func lookup(_ path: String) -> (entry: SourceEntry, device: UInt64?) {
         let now = monotonicNanos()
         cache.lock.lock()
-        if let (d, at) = cache.devices[path], now - at < 10_000_000_000 {
+        if let c = cache.entries[path], now - c.at < 10_000_000_000 {
             cache.lock.unlock()
-            return d
+            return (c.entry, c.device)
         }
         cache.lock.unlock()
         var st = stat()
-        let d: UInt64? = lstat(path, &st) == 0 ? UInt64(st.st_dev) : nil
-        cache.lock.lock()
-        cache.devices[path] = (d, now)
-        cache.lock.unlock()
-        return d
-    }
-
-    static func of(_ path: String) -> SourceEntry {
-        let now = monotonicNanos()
-        cache.lock.lock()
-        if let (e, at) = cache.entries[path], now - at < 10_000_000_000 {
-            cache.lock.unlock()
-            return e
-        }
-        cache.lock.unlock()
+        let device: UInt64? = lstat(path, &st) == 0 ? UInt64(st.st_dev) : nil
         let e = classify(path)
         cache.lock.lock()
-        cache.entries[path] = (e, now)
+        cache.entries[path] = (e, device, now)
         cache.lock.unlock()
-        return e
+        return (e, device)
     }
+
+    static func of(_ path: String) -> SourceEntry { lookup(path).entry }
+
+    static func device(_ path: String) -> UInt64? { lookup(path).device }
 
     static func classify(_ path: String) -> SourceEntry {
         var st = stat()

@@ -401,11 +401,16 @@ struct ReuseTests {
         #expect(sandbox.pooledScratches == 1)
     }
 
-    @Test func onlyAQuietNetworkNamespaceIsReused() async throws {
+    /// A sandbox that keeps one network namespace and prepares nothing ahead.
+    static func netnsSandbox() -> Sandbox {
         var settings = SandboxSettings()
         settings.prepareAhead = false
         settings.netnsPoolSize = 1
-        let sandbox = Sandbox(settings: settings)
+        return Sandbox(settings: settings)
+    }
+
+    @Test func onlyAQuietNetworkNamespaceIsReused() async throws {
+        let sandbox = Self.netnsSandbox()
         defer { sandbox.shutdown() }
         let ino = "import os\nprint(os.stat('/proc/self/ns/net').st_ino)\n"
         let a = try await run(sandbox, ino)
@@ -437,10 +442,7 @@ struct ReuseTests {
     }
 
     @Test func failedSendsLeaveNoCounterForTheNextRun() async throws {
-        var settings = SandboxSettings()
-        settings.prepareAhead = false
-        settings.netnsPoolSize = 1
-        let sandbox = Sandbox(settings: settings)
+        let sandbox = Self.netnsSandbox()
         defer { sandbox.shutdown() }
         let ino = "import os\nprint(os.stat('/proc/self/ns/net').st_ino)\n"
         let snmp = """

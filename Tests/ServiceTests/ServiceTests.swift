@@ -465,6 +465,19 @@ func processes(matching marker: String) -> [String] {
     }
 }
 
+/// A blocking TCP socket connected to 127.0.0.1:port, and whether the connect worked.
+func connectLoopback(_ port: Int) -> (Int32, Bool) {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_port = in_port_t(UInt16(port).bigEndian)
+    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+    let r = withUnsafePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
+    return (fd, r == 0)
+}
+
 /// A plain HTTP/1.1 request over its own TCP connection to 127.0.0.1 (a real client, no framework).
 func httpRequest(port: Int, _ method: String, _ path: String, body: String = "", headers: String = "") async throws -> (Int, String) {
     let (status, _, text) = try await httpExchange(port: port, method, path, body: body, headers: headers)
@@ -475,16 +488,9 @@ func httpRequest(port: Int, _ method: String, _ path: String, body: String = "",
 func httpExchange(port: Int, _ method: String, _ path: String, body: String = "", headers: String = "") async throws -> (Int, String, String) {
     return try await withCheckedThrowingContinuation { cont in
         Thread.detachNewThread {
-            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            let (fd, ok) = connectLoopback(port)
             defer { close(fd) }
-            var addr = sockaddr_in()
-            addr.sin_family = sa_family_t(AF_INET)
-            addr.sin_port = in_port_t(UInt16(port).bigEndian)
-            addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-            let ok = withUnsafePointer(to: &addr) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-            }
-            guard ok == 0 else { cont.resume(throwing: POSIXError(.ECONNREFUSED)); return }
+            guard ok else { cont.resume(throwing: POSIXError(.ECONNREFUSED)); return }
             let req = "\(method) \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\(headers)Content-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)"
             _ = req.withCString { send(fd, $0, strlen($0), 0) }
             var data = [UInt8]()
@@ -521,15 +527,8 @@ func rawExchange(port: Int, _ head: String, body: [UInt8] = [], timeout: Double 
     await withCheckedContinuation { cont in
         Thread.detachNewThread {
             let t0 = Date()
-            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            let (fd, _) = connectLoopback(port)
             defer { close(fd) }
-            var addr = sockaddr_in()
-            addr.sin_family = sa_family_t(AF_INET)
-            addr.sin_port = in_port_t(UInt16(port).bigEndian)
-            addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-            _ = withUnsafePointer(to: &addr) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-            }
             var tv = timeval(tv_sec: Int(timeout), tv_usec: Int((timeout - Double(Int(timeout))) * 1e6))
             setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
             setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
