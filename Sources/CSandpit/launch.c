@@ -451,6 +451,36 @@ static _Noreturn void sp_init_main(const sp_launch_spec *s) {
     _exit(0);
 }
 
+const char *sp_stage_name(int stage) {
+    switch (stage) {
+    case SP_STAGE_CGROUP_MOVE: return "cgroup placement";
+    case SP_STAGE_CGROUP_NS: return "cgroup namespace";
+    case SP_STAGE_HOSTNAME: return "sethostname";
+    case SP_STAGE_LOOPBACK: return "loopback up";
+    case SP_STAGE_MOUNT_PRIVATE: return "mount --make-rprivate /";
+    case SP_STAGE_ROOT_TMPFS: return "root tmpfs";
+    case SP_STAGE_MOUNT_OP: return "mount plan step";
+    case SP_STAGE_PIVOT_ROOT: return "pivot_root";
+    case SP_STAGE_REMOUNT_ROOT: return "read-only root";
+    case SP_STAGE_INIT_CAPS: return "init capabilities";
+    case SP_STAGE_FORK: return "fork";
+    case SP_STAGE_STDIO: return "stdio";
+    case SP_STAGE_CHDIR: return "chdir";
+    case SP_STAGE_RLIMIT: return "setrlimit";
+    case SP_STAGE_SETGROUPS: return "setgroups";
+    case SP_STAGE_SETGID: return "setgid";
+    case SP_STAGE_SETUID: return "setuid";
+    case SP_STAGE_CAPS: return "capabilities";
+    case SP_STAGE_NO_NEW_PRIVS: return "no_new_privs";
+    case SP_STAGE_SECCOMP: return "seccomp";
+    case SP_STAGE_EXEC: return "execve";
+    case SP_STAGE_OOM_ADJ: return "oom_score_adj";
+    case SP_STAGE_SIGNALS: return "signals";
+    case SP_STAGE_NETNS: return "setns(network)";
+    default: return NULL;
+    }
+}
+
 pid_t sp_launch(const sp_launch_spec *spec, int *pidfd_out) {
     return sp_launch_ex(spec, 0, pidfd_out);
 }

@@ -63,6 +63,9 @@ public protocol CgroupBackend: Sendable {
     /// critical path). On failure `spare` is left as it was.
     func adopt(_ spare: RunCgroup, name: String, limits: CgroupLimits) throws(CgroupError) -> RunCgroup
     func stats(_ run: RunCgroup, _ selection: StatsSelection) -> CgroupStats
+    /// The run's live counters (CPU, memory, limit hits, tasks) from kept-open files,
+    /// for supervision and sampling while it runs.
+    func monitor(_ run: RunCgroup) -> RunMonitor
     func processes(_ run: RunCgroup) -> [Int32]
     /// Kills every process of the run cgroup and waits until it is empty.
     func kill(_ run: RunCgroup) throws(CgroupError)

@@ -61,30 +61,14 @@ extension Execution {
             ev.data.fd = fd
             _ = epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev)
         }
-        let cpuFile = run.version == .v2 ? run.directory(for: "cpu").map { $0 + "/cpu.stat" }
-            ?? run.directories[0] + "/cpu.stat" : run.directory(for: "cpuacct").map { $0 + "/cpuacct.usage" }
-        let cpuFD = cpuFile.map { open($0, O_RDONLY | O_CLOEXEC) } ?? -1
-        defer { if cpuFD >= 0 { close(cpuFD) } }
-        let pidsFD = run.directory(for: "pids").map { open($0 + "/pids.current", O_RDONLY | O_CLOEXEC) } ?? -1
-        defer { if pidsFD >= 0 { close(pidsFD) } }
-        func cpuUsedUsec() -> UInt64? {
-            guard cpuFD >= 0, let t = SysFile.pread(cpuFD) else { return nil }
-            return run.version == .v2 ? StatParse.cpuStatV2(t).usageUsec : StatParse.single(t).map { $0 / 1000 }
-        }
+        // CPU, memory and tasks while the run goes on, from CgroupKit's kept-open files.
+        let monitor = backend.monitor(run)
         // A group pinned at its memory limit whose pages the kernel keeps reclaiming
         // (clean file pages re-read over and over) may thrash for a long time before
         // the OOM killer acts. At the limit and still hitting it for a whole second →
         // the run is stopped with status memory_limit.
-        let memDir = run.directory(for: "memory")
-        let hitsFD = memDir.map { open($0 + (run.version == .v2 ? "/memory.events" : "/memory.failcnt"), O_RDONLY | O_CLOEXEC) } ?? -1
-        let curFD = memDir.map { open($0 + (run.version == .v2 ? "/memory.current" : "/memory.usage_in_bytes"), O_RDONLY | O_CLOEXEC) } ?? -1
-        defer { for fd in [hitsFD, curFD] where fd >= 0 { close(fd) } }
         var lastHits: UInt64 = 0
         var thrashSince: Int64?
-        func limitHits() -> UInt64? {
-            guard hitsFD >= 0, let t = SysFile.pread(hitsFD) else { return nil }
-            return run.version == .v2 ? StatParse.flatKeyed(t)["max"] : StatParse.single(t)
-        }
         let ncpu = Int64(onlineCPUs)
         let wallNs = Int64(lim.wallSeconds * 1e9)
         let cpuLimitUsec = UInt64(lim.cpuSeconds * 1e6)
@@ -114,15 +98,15 @@ extension Execution {
             let wallDeadline = (execNs ?? launchNs) + wallNs
             if killed == nil {
                 if now >= wallDeadline { kill(.wallTime) }
-                if now >= nextCPUCheck, let used = cpuUsedUsec() {
+                if now >= nextCPUCheck, let used = monitor.cpuUsageUsec() {
                     if used >= cpuLimitUsec {
                         kill(.cpuTime)
                     } else {
                         // The group cannot use the remainder faster than on every CPU at once.
                         nextCPUCheck = now + min(100_000_000, max(1_000_000, Int64(cpuLimitUsec - used) * 1000 / ncpu))
                     }
-                    if let hits = limitHits() {
-                        let current = curFD >= 0 ? SysFile.pread(curFD).flatMap(StatParse.single) ?? 0 : 0
+                    if let hits = monitor.memoryLimitHits() {
+                        let current = monitor.memoryCurrentBytes() ?? 0
                         if hits > lastHits && current + (2 << 20) >= lim.memoryBytes {
                             if let since = thrashSince {
                                 if now - since >= 1_000_000_000 { kill(.memoryThrash) }
@@ -134,7 +118,7 @@ extension Execution {
                         }
                         lastHits = hits
                     }
-                    if pidsFD >= 0, let t = SysFile.pread(pidsFD), let v = StatParse.single(t) { maxTasks = max(maxTasks, v) }
+                    if let v = monitor.pidsCurrent() { maxTasks = max(maxTasks, v) }
                 }
             }
             let deadline = killed == nil ? min(wallDeadline, nextCPUCheck) : now + 100_000_000
@@ -194,122 +178,39 @@ extension Execution {
 
         // ---- map to the result ----
         result.output = String(decoding: out.bytes, as: UTF8.self)
-        let stderrText = String(decoding: err.bytes, as: UTF8.self)
         result.stdoutTruncated = out.truncated
         result.stderrTruncated = err.truncated
         let exitNs = report.map { $0.kind == SP_REPORT_EXITED.rawValue ? $0.exit_ns : endNs } ?? (killNs ?? endNs)
         if let e = execNs { result.executionTime = max(0, Double(exitNs - e) / 1e9) }
 
-        var waitStatus: Int32?
-        if let rep = report, rep.kind == SP_REPORT_EXITED.rawValue { waitStatus = rep.wait_status }
-        if let ws = waitStatus {
-            let sig = ws & 0x7f
-            if sig == 0 {
-                result.exitCode = Int((ws >> 8) & 0xff)
-            } else {
-                result.signal = Int(sig)
-                result.exitCode = 128 + Int(sig)
-            }
-        } else if killed != nil || (stats.memory.oomKills ?? 0) > 0 {
-            result.signal = Int(SIGKILL)
-            result.exitCode = 128 + Int(SIGKILL)
-        }
-        let oomKills = stats.memory.oomKills ?? 0
-        result.oomKilled = oomKills > 0
-
+        var seen = RunObservation(stderr: String(decoding: err.bytes, as: UTF8.self))
+        let exited = report.map { $0.kind == SP_REPORT_EXITED.rawValue } ?? false
+        if exited, let rep = report { seen.waitStatus = rep.wait_status }
+        seen.oomKills = stats.memory.oomKills ?? 0
         if let rep = report, rep.kind == SP_REPORT_SETUP_FAILED.rawValue {
-            result.status = .internalError
-            result.error = "sandbox setup failed at \(Self.stageName(rep.stage, detail: rep.detail)): \(String(cString: strerror(rep.err)))"
-            result.exitCode = nil
+            seen.setupFailure = "sandbox setup failed at \(Self.stageName(rep.stage, detail: rep.detail)): \(String(cString: strerror(rep.err)))"
         } else if let f = execFailure {
-            result.status = .internalError
-            result.error = "sandbox setup failed at \(Self.stageName(f.stage, detail: 0)): \(String(cString: strerror(f.err)))"
-            result.exitCode = nil
-        } else if let k = killed {
-            switch k {
-            case .wallTime, .cpuTime:
-                result.status = .timeout
-                result.timedOut = true
-            case .output:
-                result.status = .outputLimit
-            case .memoryThrash:
-                result.status = .memoryLimit
-            case .stopped:
-                result.status = .internalError
-                result.error = "stopped: \(stopReason ?? "the sandbox was stopped")"
-            }
-        } else if result.oomKilled && (waitStatus == nil || result.signal == Int(SIGKILL) || result.exitCode != 0) {
-            result.status = .memoryLimit
-        } else if result.signal != nil {
-            result.status = .signaled
-        } else if result.exitCode == 0 {
-            result.status = .ok
-        } else if waitStatus == nil {
-            result.status = .internalError
-            result.error = "the sandbox init ended without a report"
-        } else {
-            result.status = .runtimeError
+            seen.setupFailure = "sandbox setup failed at \(Self.stageName(f.stage, detail: 0)): \(String(cString: strerror(f.err)))"
         }
-        result.success = result.status == .ok
-        if result.error == nil {
-            var e = stderrText
-            if e.isEmpty {
-                switch result.status {
-                case .timeout: e = killed == .cpuTime ? "CPU time limit of \(lim.cpuSeconds) s exceeded" : "wall time limit of \(lim.wallSeconds) s exceeded"
-                case .memoryLimit: e = killed == .memoryThrash
-                    ? "memory limit of \(lim.memoryBytes) bytes reached; the run kept thrashing at its limit and was stopped"
-                    : "memory limit of \(lim.memoryBytes) bytes exceeded"
-                case .outputLimit: e = "output limit of \(lim.outputBytes) bytes exceeded"
-                default: break
-                }
-            }
-            result.error = e.isEmpty ? nil : e
+        switch killed {
+        case .wallTime?: seen.killed = .wallTime
+        case .cpuTime?: seen.killed = .cpuTime
+        case .output?: seen.killed = .output
+        case .memoryThrash?: seen.killed = .memoryThrash
+        case .stopped?: seen.killed = .stopped(stopReason ?? "the sandbox was stopped")
+        case nil: break
         }
+        RunOutcome.classify(seen, limits: lim, into: &result)
 
         // Metrics: CPU and memory from the run cgroup, I/O from the run's task accounting.
-        if var u = stats.cpu.userUsec, var s = stats.cpu.systemUsec {
-            // The group's counters include the init's set-up work before the program existed.
-            if let rep = report, rep.kind == SP_REPORT_EXITED.rawValue {
-                u -= min(u, UInt64(max(0, rep.base_user_usec)))
-                s -= min(s, UInt64(max(0, rep.base_sys_usec)))
-            }
-            result.cpuUserTime = Double(u) / 1e6
-            result.cpuSystemTime = Double(s) / 1e6
-            if result.executionTime > 0 {
-                result.cpuPercent = (Double(u + s) / 1e6) / result.executionTime * 100
-            }
-        } else {
-            sandbox.logger.warning("run \(id): CPU counters unavailable")
+        var counters = RunCounters(cgroup: stats, sampledMaxTasks: maxTasks)
+        if let rep = report {
+            counters.initIO = (rep.base_read_bytes, rep.base_write_bytes)
+            if exited { counters.initCPUUsec = (UInt64(max(0, rep.base_user_usec)), UInt64(max(0, rep.base_sys_usec))) }
         }
-        result.memoryPeak = stats.memory.peakBytes.map { Int64($0) }
-        result.memoryUsage = stats.memory.currentBytes.map { Int64($0) }
-        result.memoryLimit = Int64(stats.memory.limitBytes ?? lim.memoryBytes)
-        if let p = result.memoryPeak, let l = result.memoryLimit, l > 0 {
-            result.memoryPercent = Double(p) / Double(l) * 100
-        }
-        if result.memoryPeak == nil { sandbox.logger.warning("run \(id): memory peak unavailable (memory.peak needs Linux >= 5.19)") }
-        if let io, let rep = report {
-            result.blockIORead = Int64(io.readBytes) - max(0, rep.base_read_bytes)
-            result.blockIOWrite = Int64(io.writeBytes) - max(0, rep.base_write_bytes)
-            result.blockIORead = max(0, result.blockIORead ?? 0)
-            result.blockIOWrite = max(0, result.blockIOWrite ?? 0)
-        } else if let io {
-            result.blockIORead = Int64(io.readBytes)
-            result.blockIOWrite = Int64(io.writeBytes)
-        } else {
-            sandbox.logger.warning("run \(id): /proc/\(pid)/io unavailable (CONFIG_TASK_IO_ACCOUNTING)")
-        }
-        if let net {
-            result.networkIORx = Int64(net.rxBytes)
-            result.networkIOTx = Int64(net.txBytes)
-        } else {
-            sandbox.logger.warning("run \(id): network counters unavailable")
-        }
-        if let peak = stats.pids.peak {
-            result.pidsCount = Int64(max(1, peak) - 1)  // the sandbox init is not the program's
-        } else if maxTasks > 0 {
-            result.pidsCount = Int64(maxTasks - 1)
-        }
+        counters.io = io.map { ($0.readBytes, $0.writeBytes) }
+        counters.net = net.map { ($0.rxBytes, $0.txBytes) }
+        for w in ResultMapper.apply(counters, limits: lim, into: &result) { sandbox.logger.warning("run \(id): \(w)") }
         return result
     }
 
@@ -359,14 +260,9 @@ extension Execution {
         }
     }
 
+    /// The failed stage's name, from the one table in CSandpit.
     static func stageName(_ stage: Int32, detail: Int32) -> String {
-        let names: [Int32: String] = [
-            1: "cgroup placement", 2: "cgroup namespace", 3: "sethostname", 4: "loopback up",
-            5: "mount --make-rprivate /", 6: "root tmpfs", 7: "mount plan step \(detail)", 8: "pivot_root",
-            9: "read-only root", 10: "init capabilities", 11: "fork", 12: "stdio", 13: "chdir", 14: "setrlimit",
-            15: "setgroups", 16: "setgid", 17: "setuid", 18: "capabilities", 19: "no_new_privs", 20: "seccomp",
-            21: "execve", 22: "oom_score_adj", 23: "signals", 24: "setns(network)",
-        ]
-        return names[stage] ?? "stage \(stage)"
+        guard let name = sp_stage_name(stage) else { return "stage \(stage)" }
+        return stage == SP_STAGE_MOUNT_OP.rawValue ? "\(String(cString: name)) \(detail)" : String(cString: name)
     }
 }

@@ -99,6 +99,38 @@ struct CgroupPrivilegedTests {
         #expect(s.memory.limitBytes == 512 << 20)
         #expect(s.memory.oomKills == 0)
         #expect(b.processes(run).isEmpty)
+        // The live monitor reads the same counters in the run's terms.
+        let m = b.monitor(run).sample()
+        let cpu = try #require(m.cpuUsageUsec, "monitor: CPU unknown")
+        #expect(cpu >= user && cpu <= (s.cpu.usageUsec ?? 0) + 1000)
+        #expect(m.pidsCurrent == 0)
+        #expect(m.memoryLimitHits == 0)
+        #expect((m.memoryCurrentBytes ?? UInt64.max) < 400 << 20)
+    }
+
+    @Test func theMonitorSeesARunWhileItRuns() async throws {
+        let b = try backend()
+        let run = try b.createRun(name: RunName.make(id: "monitor-\(UInt32.random(in: 0...UInt32.max))"),
+                                  limits: CgroupLimits(memoryBytes: 256 << 20, pidsMax: 64))
+        defer { try? b.kill(run); try? b.remove(run) }
+        let monitor = b.monitor(run)
+        #expect(monitor.sample() == RunMonitor.Sample(cpuUsageUsec: 0, memoryCurrentBytes: 0, memoryLimitHits: 0, pidsCurrent: 0))
+        // 30 MB held by a sleeping process with 3 threads.
+        let code = "import threading, time\nx = bytearray(30 << 20)\nfor i in range(0, len(x), 4096): x[i] = 1\n"
+            + "ts = [threading.Thread(target=time.sleep, args=(30,)) for _ in range(2)]\n[t.start() for t in ts]\ntime.sleep(30)\n"
+        let task = Task { await runInCgroup(run, [python, "-c", code]) }
+        var seen = RunMonitor.Sample()
+        for _ in 0..<Int(200 * (Privilege.inVM ? 20 : 1)) {
+            seen = monitor.sample()
+            if (seen.memoryCurrentBytes ?? 0) >= 30 << 20 && seen.pidsCurrent == 3 { break }
+            try await Task.sleep(for: .milliseconds(25))
+        }
+        #expect((seen.memoryCurrentBytes ?? 0) >= 30 << 20, "\(seen)")
+        #expect(seen.pidsCurrent == 3, "\(seen)")
+        #expect((seen.cpuUsageUsec ?? 0) > 0)
+        try b.kill(run)
+        _ = await task.value
+        #expect(monitor.pidsCurrent() == 0)
     }
 
     @Test func memoryLimitKills() async throws {

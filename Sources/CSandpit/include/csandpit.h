@@ -96,6 +96,10 @@ enum sp_stage {
     SP_STAGE_NETNS = 24,
 };
 
+/// The name of a stage, for error messages ("sandbox setup failed at pivot_root"), or
+/// NULL for a number this build does not know. The one table of stage names.
+const char *sp_stage_name(int stage);
+
 // Message sent once by the sandbox init to the parent on `report_fd`.
 enum sp_report_kind { SP_REPORT_EXITED = 1, SP_REPORT_SETUP_FAILED = 2 };
 typedef struct sp_report {
