@@ -39,6 +39,9 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // Build tool: openapi.json → a Swift constant (the document exists once, in the repo).
+        .executableTarget(name: "EmbedOpenAPI", path: "Sources/EmbedOpenAPI"),
+        .plugin(name: "OpenAPIEmbed", capability: .buildTool(), dependencies: ["EmbedOpenAPI"]),
         // The HTTP API and the execution log.
         .target(
             name: "Service",
@@ -54,7 +57,8 @@ let package = Package(
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "Logging", package: "swift-log"),
-            ]
+            ],
+            plugins: ["OpenAPIEmbed"]
         ),
         .executableTarget(
             name: "Runner",

@@ -13,6 +13,52 @@ public struct RunLimits: Sendable, Equatable, Codable {
     public init() {}
 }
 
+/// How a program is run: the interpreter, its arguments, the file the program is
+/// written to in /work, the environment it needs, and the /etc entries it reads.
+/// Python 3 is the one built in; another interpreter (or, later, a warm template) is
+/// another value, not an edit of the sandbox.
+public struct Runtime: Sendable, Equatable {
+    public var name: String
+    /// The interpreter, as a path inside the run's root.
+    public var interpreter: String
+    /// The interpreter's arguments before the program's own; `{file}` stands for the
+    /// program's path (/work/<fileName>).
+    public var arguments: [String]
+    public var fileName: String
+    /// Environment entries besides PATH, HOME, LANG, TMPDIR and the thread counts.
+    public var environment: [String]
+    /// /etc entries the runtime reads, bound from the source root when they exist.
+    public var etcEntries: [String]
+
+    public init(name: String, interpreter: String, arguments: [String], fileName: String,
+                environment: [String] = [], etcEntries: [String] = []) {
+        self.name = name
+        self.interpreter = interpreter
+        self.arguments = arguments
+        self.fileName = fileName
+        self.environment = environment
+        self.etcEntries = etcEntries
+    }
+
+    /// `python3 -s /work/main.py ARGS...`: no user site directory, unbuffered output,
+    /// no .pyc files written next to the program.
+    public static let python3 = Runtime(
+        name: "python3", interpreter: "/usr/bin/python3", arguments: ["-s", "{file}"], fileName: "main.py",
+        environment: ["PYTHONUNBUFFERED=1", "PYTHONDONTWRITEBYTECODE=1"],
+        etcEntries: ["python3", "python3.11", "python3.12", "python3.13"])
+
+    /// The runtimes a request may name (`"runtime": "python3"`).
+    public static let builtIn: [String: Runtime] = [python3.name: python3]
+
+    /// The program's path inside the run.
+    public var programPath: String { "/work/" + fileName }
+
+    /// The whole argv: the interpreter, its arguments, then the program's.
+    public func argv(_ args: [String]) -> [String] {
+        [interpreter] + arguments.map { $0 == "{file}" ? programPath : $0 } + args
+    }
+}
+
 /// One execution request.
 public struct ExecutionRequest: Sendable {
     public var code: String
@@ -22,7 +68,12 @@ public struct ExecutionRequest: Sendable {
     public var limits = RunLimits()
     /// Root directory whose system directories are bound read-only into the sandbox ("/" = the host's).
     public var rootfs: String = "/"
-    public var python: String = "/usr/bin/python3"
+    public var runtime = Runtime.python3
+    /// The runtime's interpreter (`--python`).
+    public var python: String {
+        get { runtime.interpreter }
+        set { runtime.interpreter = newValue }
+    }
 
     public init(code: String) {
         self.code = code

@@ -24,7 +24,7 @@ final class ScratchPrep: @unchecked Sendable {
     /// When the scratch was ready.
     private(set) var readyNs: Int64 = 0
 
-    init(sandbox: Sandbox, size: UInt64, code: [UInt8]) {
+    init(sandbox: Sandbox, size: UInt64, code: [UInt8], fileName: String) {
         let work: @Sendable () -> Result<(Scratch, Int32), SandboxError> = {
             let scratch: Scratch
             do throws(SandboxError) {
@@ -33,7 +33,7 @@ final class ScratchPrep: @unchecked Sendable {
                 return .failure(error)
             }
             do throws(SandboxError) {
-                try scratch.writeProgram(code, uid: sandbox.settings.uid, gid: sandbox.settings.gid)
+                try scratch.writeProgram(code, as: fileName, uid: sandbox.settings.uid, gid: sandbox.settings.gid)
                 return .success((scratch, try scratch.mountForRun()))
             } catch {
                 sandbox.recycle(scratch)
@@ -121,7 +121,7 @@ final class Execution {
         // Without a kept scratch (the CLI, a cold service), making one (copy, loop
         // device, mount) is the longest step: it runs on a helper thread meanwhile.
         let code = Array(request.code.utf8)
-        let prep = ScratchPrep(sandbox: sandbox, size: limits.scratchBytes, code: code)
+        let prep = ScratchPrep(sandbox: sandbox, size: limits.scratchBytes, code: code, fileName: request.runtime.fileName)
         var cg = CgroupLimits(memoryBytes: limits.memoryBytes, pidsMax: limits.pids + 1)  // + the init
         if let cores = limits.cpuCores { cg.cpuQuotaUsec = UInt64(max(1000, cores * 100_000)) }
         do {
@@ -176,16 +176,16 @@ final class Execution {
 
     func environment() -> [String] {
         let t = Self.threadCount(limits: request.limits)
-        return ["PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/work", "LANG=C.UTF-8", "TMPDIR=/tmp",
-                "PYTHONUNBUFFERED=1", "PYTHONDONTWRITEBYTECODE=1",
-                "OPENBLAS_NUM_THREADS=\(t)", "OMP_NUM_THREADS=\(t)", "MKL_NUM_THREADS=\(t)"]
+        return ["PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/work", "LANG=C.UTF-8", "TMPDIR=/tmp"]
+            + request.runtime.environment
+            + ["OPENBLAS_NUM_THREADS=\(t)", "OMP_NUM_THREADS=\(t)", "MKL_NUM_THREADS=\(t)"]
     }
 
     func start() {
         let s = sandbox.settings
         let arena = CArena()
         let plan = RootPlan(newRoot: s.stateDirectory + "/root", sourceRoot: request.rootfs,
-                            scratchMountFD: scratchMountFD,
+                            extraEtc: request.runtime.etcEntries, scratchMountFD: scratchMountFD,
                             uid: s.uid, gid: s.gid, hostname: s.hostname,
                             shmBytes: min(64 << 20, request.limits.memoryBytes / 2))
         let ops: [sp_mount_op] = plan.ops.map { op in
@@ -213,7 +213,7 @@ final class Execution {
             // Backstop only: the supervisor enforces the CPU limit on the whole group.
             sp_rlimit(resource: Int32(RLIMIT_CPU.rawValue), soft: cpuRlimit, hard: cpuRlimit + 1),
         ]
-        let argv = [request.python, "-s", "/work/main.py"] + request.args
+        let argv = request.runtime.argv(request.args)
         var spec = sp_launch_spec()
         spec.cgroup_fd = run.directoryFD
         spec.cgroup_task_files = run.taskFiles.isEmpty ? nil
@@ -228,7 +228,7 @@ final class Execution {
         spec.root_tmpfs_options = arena.string("mode=755,size=1m,nr_inodes=512")
         spec.ops = UnsafePointer(arena.array(ops))
         spec.nops = ops.count
-        spec.exe = arena.string(request.python)
+        spec.exe = arena.string(request.runtime.interpreter)
         spec.argv = UnsafePointer(arena.stringArray(argv))
         spec.envp = UnsafePointer(arena.stringArray(environment()))
         spec.cwd = arena.string("/work")

@@ -45,9 +45,10 @@ public struct RootPlan: Sendable {
 
     /// /etc entries the runtime needs; /etc itself (shadow, the host's config) is never exposed.
     static let etcEntries = ["alternatives", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "ssl", "ca-certificates",
-                             "localtime", "mime.types", "python3", "python3.11", "python3.12", "python3.13", "os-release"]
+                             "localtime", "mime.types", "os-release"]
 
-    public init(newRoot: String, sourceRoot: String, scratchMountFD: Int32,
+    /// `extraEtc`: the runtime's own /etc entries (see `Runtime.etcEntries`).
+    public init(newRoot: String, sourceRoot: String, extraEtc: [String] = [], scratchMountFD: Int32,
                 uid: UInt32, gid: UInt32, hostname: String, shmBytes: UInt64) {
         self.newRoot = newRoot
         let r = newRoot
@@ -90,7 +91,7 @@ public struct RootPlan: Sendable {
         }
         for d in Self.systemDirs { expose(src + "/" + d, at: "\(r)/\(d)") }
         add(MountOp(kind: .mkdir, dst: "\(r)/etc"))
-        for e in Self.etcEntries { expose(src + "/etc/" + e, at: "\(r)/etc/\(e)") }
+        for e in Self.etcEntries + extraEtc { expose(src + "/etc/" + e, at: "\(r)/etc/\(e)") }
         let files: [(String, String)] = [
             ("passwd", "root:x:0:0:root:/:/usr/sbin/nologin\nsandbox:x:\(uid):\(gid):sandbox:/work:/bin/sh\n"),
             ("group", "root:x:0:\nsandbox:x:\(gid):\n"),

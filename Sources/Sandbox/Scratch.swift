@@ -34,21 +34,22 @@ public struct Scratch: Sendable {
         return m
     }
 
-    /// Writes the program as `work/main.py` (read-only, owned by the sandbox user).
-    func writeProgram(_ code: [UInt8], uid: UInt32, gid: UInt32) throws(SandboxError) {
-        let fd = sp_create_file_at(rootFD, "work/main.py", 0o444)
-        guard fd >= 0 else { throw SandboxError(.scratch, "create work/main.py", errno: -fd) }
+    /// Writes the program as `work/<name>` (read-only, owned by the sandbox user).
+    func writeProgram(_ code: [UInt8], as name: String, uid: UInt32, gid: UInt32) throws(SandboxError) {
+        let path = "work/" + name
+        let fd = sp_create_file_at(rootFD, path, 0o444)
+        guard fd >= 0 else { throw SandboxError(.scratch, "create \(path)", errno: -fd) }
         defer { close(fd) }
         var off = 0
         while off < code.count {
             let n = code.withUnsafeBytes { write(fd, $0.baseAddress! + off, code.count - off) }
             if n < 0 {
                 if errno == EINTR { continue }
-                throw SandboxError(.scratch, "write work/main.py", errno: errno)
+                throw SandboxError(.scratch, "write \(path)", errno: errno)
             }
             off += n
         }
-        guard fchown(fd, uid, gid) == 0 else { throw SandboxError(.scratch, "chown work/main.py", errno: errno) }
+        guard fchown(fd, uid, gid) == 0 else { throw SandboxError(.scratch, "chown \(path)", errno: errno) }
     }
 
     /// Drops this process's holds on the filesystem and the loop device; the device

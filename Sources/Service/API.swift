@@ -74,7 +74,7 @@ public struct LimitRanges: Sendable {
 /// Parses and validates a POST /execute body.
 enum ExecuteRequestParser {
     static let known: Set<String> = ["code", "stdin", "args", "container_name", "time_limit", "cpu_limit",
-                                     "memory_limit", "pids_limit", "output_limit"]
+                                     "memory_limit", "pids_limit", "output_limit", "runtime"]
 
     static func parse(_ body: ByteBuffer, ranges: LimitRanges) throws -> ExecutionRequest {
         let value: JSONValue
@@ -119,6 +119,13 @@ enum ExecuteRequestParser {
             return UInt64(d)
         }
 
+        if let name = try string("runtime") {
+            guard let rt = Runtime.builtIn[name] else {
+                let names = Runtime.builtIn.keys.sorted().joined(separator: ", ")
+                throw APIError(.badRequest, "invalid_request", "unknown runtime '\(name)' (known: \(names))")
+            }
+            req.runtime = rt
+        }
         if let s = try string("stdin") { req.stdin = Array(s.utf8) }
         if let n = try string("container_name") {
             // Counted as JSON Schema's maxLength counts: in Unicode code points.

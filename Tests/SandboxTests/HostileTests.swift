@@ -485,8 +485,9 @@ struct Hostile: Sendable, CustomTestStringConvertible {
         """#) { r in
             // The host's root filesystem: its source (e.g. /dev/vda1) and device number.
             let text = SysFile.read("/proc/self/mountinfo") ?? ""
-            let root = try? #require(text.split(separator: "\n").last { $0.split(separator: " ").dropFirst(4).first == "/" })
-            let fields = (root ?? "").split(separator: " ")
+            let root = text.split(separator: "\n").last(where: { $0.split(separator: " ").dropFirst(4).first == "/" }) ?? ""
+            #expect(!root.isEmpty, "no root mount in \(text)")
+            let fields = root.split(separator: " ")
             let sep = fields.firstIndex(of: "-") ?? 0
             let device = fields.count > 2 ? String(fields[2]) : "?"
             let source = sep + 2 < fields.count ? String(fields[sep + 2]) : "?"

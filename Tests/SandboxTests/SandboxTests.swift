@@ -69,6 +69,14 @@ struct ResultObjectTests {
         #expect(ExecutionResult.timestamp(Date(timeIntervalSince1970: 0)) == "1970-01-01T00:00:00.000Z")
     }
 
+    @Test func runtimesBuildTheirCommandLine() {
+        #expect(Runtime.python3.argv(["a", "b"]) == ["/usr/bin/python3", "-s", "/work/main.py", "a", "b"])
+        var req = ExecutionRequest(code: "")
+        req.python = "/opt/py/bin/python3"
+        #expect(req.runtime.interpreter == "/opt/py/bin/python3" && req.runtime.fileName == "main.py")
+        #expect(Runtime.builtIn["python3"] == .python3)
+    }
+
     @Test func threadPoolsFollowLimits() {
         var l = RunLimits()
         l.pids = 8
@@ -208,6 +216,19 @@ struct SandboxRunTests {
             $0.stdin = Array("hello".utf8)
         }
         #expect(r.output == "['a', 'b c'] hello\n")
+    }
+
+    @Test func anotherRuntimeIsAValue() async throws {
+        // The same sandbox runs a shell program: interpreter, file name, arguments and
+        // environment come from the runtime value, nothing else changes.
+        let sh = Runtime(name: "sh", interpreter: "/bin/sh", arguments: ["{file}"], fileName: "main.sh",
+                         environment: ["GREETING=hi"])
+        let r = try await run("echo \"$GREETING $0 $1\"; ls /work; echo \"${PYTHONUNBUFFERED:-unset}\"") {
+            $0.runtime = sh
+            $0.args = ["arg"]
+        }
+        #expect(r.status == .ok, "\(r.error ?? "")")
+        #expect(r.output == "hi /work/main.sh arg\nmain.sh\nunset\n")
     }
 
     @Test func runtimeErrorAndExitCode() async throws {

@@ -90,6 +90,8 @@ struct ServiceBasicsTests {
         (#"{"code": "print(1)", "args": [1]}"#, "invalid_request"),
         (#"{"code": "print(1)", "container_name": ""}"#, "invalid_request"),
         (#"{"code": "print(1)", "unexpected": 1}"#, "invalid_request"),
+        (#"{"code": "print(1)", "runtime": "ruby"}"#, "invalid_request"),
+        (#"{"code": "print(1)", "runtime": 3}"#, "invalid_request"),
     ])
     func invalidRequestsGet400(_ body: String, _ code: String) async throws {
         try await withService { client, svc in
@@ -626,7 +628,8 @@ struct HTTPLimitsTests {
             let closedAtOnce = all.filter { $0.closed && $0.seconds < 1.5 }
             // (the test client may hold a connection of its own)
             #expect(!closedAtOnce.isEmpty && all.count - closedAtOnce.count <= 4, "\(all)")
-            #expect(svc.connections.refused == closedAtOnce.count)
+            // (plus, at most, the test client's own connection if it opened one meanwhile)
+            #expect((closedAtOnce.count...closedAtOnce.count + 1).contains(svc.connections.refused))
             // They are gone now: a request is served again.
             try await Task.sleep(for: .milliseconds(200))
             let ok = await rawExchange(port: port, "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
