@@ -63,11 +63,13 @@ final class ScratchPrep: @unchecked Sendable {
 
 /// One run from cgroup creation to teardown. Lives on one dedicated thread.
 final class Execution {
-    enum KillReason { case wallTime, cpuTime, output, memoryThrash, stopped }
+    enum KillReason: Hashable { case wallTime, cpuTime, output, memoryThrash, stopped }
 
     let sandbox: Sandbox
     let request: ExecutionRequest
     let id: String
+    /// Where the run's events go, when someone watches it.
+    let events: RunEvents?
     let backend: any CgroupBackend
     let run: RunCgroup
     let scratch: Scratch
@@ -103,10 +105,11 @@ final class Execution {
         stopLock.unlock()
     }
 
-    init(sandbox: Sandbox, request: ExecutionRequest, id: String) throws {
+    init(sandbox: Sandbox, request: ExecutionRequest, id: String, events: RunEvents?) throws {
         self.sandbox = sandbox
         self.request = request
         self.id = id
+        self.events = events
         let root = request.rootfs == "/" ? "" : request.rootfs
         guard access(root + request.python, X_OK) == 0 else {
             throw SandboxError(.invalid, "interpreter \(request.python) is not executable in root \(request.rootfs)", errno: errno)

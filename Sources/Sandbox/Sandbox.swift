@@ -51,11 +51,16 @@ public final class Sandbox: Sendable {
     /// as soon as the counters are read; the run's teardown (init exit, cgroup
     /// removal, scratch release) finishes on that thread right after — `quiesce()`
     /// waits for it.
-    public func run(_ request: ExecutionRequest, id: String = Sandbox.newID()) async -> ExecutionResult {
+    ///
+    /// `events`, when given, receives the run's events as they happen (output, samples,
+    /// limits), the result last; then its streams end.
+    public func run(_ request: ExecutionRequest, id: String = Sandbox.newID(), events: RunEvents? = nil) async -> ExecutionResult {
         pending.withLock { $0 += 1 }
         return await withCheckedContinuation { (cont: CheckedContinuation<ExecutionResult, Never>) in
             let thread = Thread {
-                let (result, execution) = self.execute(request, id: id)
+                let (result, execution) = self.execute(request, id: id, events: events)
+                events?.emit(.result(result))
+                events?.finish()
                 cont.resume(returning: result)
                 execution?.teardown()
                 if self.settings.prepareAhead { self.prepareSpare() }
@@ -185,12 +190,12 @@ public final class Sandbox: Sendable {
         return (0..<2).map { _ in String(format: "%016llx", g.next() as UInt64) }.joined()
     }
 
-    func execute(_ request: ExecutionRequest, id: String) -> (ExecutionResult, Execution?) {
+    func execute(_ request: ExecutionRequest, id: String, events: RunEvents?) -> (ExecutionResult, Execution?) {
         let started = Date()
         var result = ExecutionResult(containerID: id, containerName: request.name, startedAt: started)
         let execution: Execution
         do {
-            execution = try Execution(sandbox: self, request: request, id: id)
+            execution = try Execution(sandbox: self, request: request, id: id, events: events)
         } catch {
             result.status = .internalError
             result.success = false

@@ -9,8 +9,9 @@ struct Capture {
     var eof = false
     let cap: Int
 
-    /// Reads what is available; returns false when the cap was exceeded.
-    mutating func drain(_ fd: Int32) -> Bool {
+    /// Reads what is available; returns false when the cap was exceeded. `fresh`
+    /// receives each chunk kept (for the run's events).
+    mutating func drain(_ fd: Int32, fresh: ((ArraySlice<UInt8>) -> Void)? = nil) -> Bool {
         var buf = [UInt8](repeating: 0, count: 65536)
         while true {
             let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
@@ -18,10 +19,12 @@ struct Capture {
                 let room = cap - bytes.count
                 if n > room {
                     bytes.append(contentsOf: buf[0..<max(0, room)])
+                    if room > 0 { fresh?(buf[0..<room]) }
                     truncated = true
                     return false
                 }
                 bytes.append(contentsOf: buf[0..<n])
+                fresh?(buf[0..<n])
                 continue
             }
             if n == 0 { eof = true }
@@ -74,9 +77,18 @@ extension Execution {
         let cpuLimitUsec = UInt64(lim.cpuSeconds * 1e6)
         var nextCPUCheck = launchNs
 
+        let watchers = self.events
+        let emitOut: ((ArraySlice<UInt8>) -> Void)? = watchers.map { ev in { ev.emit(.output(.stdout, Array($0))) } }
+        let emitErr: ((ArraySlice<UInt8>) -> Void)? = watchers.map { ev in { ev.emit(.output(.stderr, Array($0))) } }
+
         func kill(_ reason: KillReason) {
             guard killed == nil else { return }
             killed = reason
+            if let watchers {
+                let names: [KillReason: String] = [.wallTime: "wall_time", .cpuTime: "cpu_time", .output: "output",
+                                                   .memoryThrash: "memory", .stopped: "stopped"]
+                watchers.emit(.limitHit(names[reason] ?? "stopped"))
+            }
             killNs = monotonicNanos()
             _ = sp_pidfd_send_signal(pidfd, SIGKILL)  // init's death ends the whole pid namespace
             try? backend.kill(run)
@@ -86,7 +98,12 @@ extension Execution {
         func readExecRecords() -> Bool {
             while true {
                 guard let rec: sp_exec_record = readRecord(execR) else { return lastReadWasEOF }
-                if rec.stage == 0 { execNs = rec.t_ns } else { execFailure = rec }
+                if rec.stage == 0 {
+                    execNs = rec.t_ns
+                    watchers?.emit(.started(id: id))
+                } else {
+                    execFailure = rec
+                }
             }
         }
 
@@ -118,7 +135,13 @@ extension Execution {
                         }
                         lastHits = hits
                     }
-                    if let v = monitor.pidsCurrent() { maxTasks = max(maxTasks, v) }
+                    if let watchers, let e = execNs {
+                        let sample = monitor.sample()
+                        if let v = sample.pidsCurrent { maxTasks = max(maxTasks, v) }
+                        watchers.emit(.sample(sample, elapsed: Double(now - e) / 1e9))
+                    } else if let v = monitor.pidsCurrent() {
+                        maxTasks = max(maxTasks, v)
+                    }
                 }
             }
             let deadline = killed == nil ? min(wallDeadline, nextCPUCheck) : now + 100_000_000
@@ -128,10 +151,10 @@ extension Execution {
             for i in 0..<max(0, Int(n)) {
                 let fd = events[i].data.fd
                 if fd == stdoutR {
-                    if !out.drain(stdoutR) { kill(.output) }
+                    if !out.drain(stdoutR, fresh: emitOut) { kill(.output) }
                     if out.eof { _ = epoll_ctl(ep, EPOLL_CTL_DEL, stdoutR, nil) }
                 } else if fd == stderrR {
-                    if !err.drain(stderrR) { kill(.output) }
+                    if !err.drain(stderrR, fresh: emitErr) { kill(.output) }
                     if err.eof { _ = epoll_ctl(ep, EPOLL_CTL_DEL, stderrR, nil) }
                 } else if fd == execR {
                     if readExecRecords() { _ = epoll_ctl(ep, EPOLL_CTL_DEL, execR, nil) }  // EOF: exec done
@@ -146,8 +169,8 @@ extension Execution {
         }
         let endNs = monotonicNanos()
         // Whatever is still in the pipes (every writer is dead once init has exited).
-        _ = out.drain(stdoutR)
-        _ = err.drain(stderrR)
+        _ = out.drain(stdoutR, fresh: emitOut)
+        _ = err.drain(stderrR, fresh: emitErr)
         if report == nil { report = readRecord(reportR) }
         _ = readExecRecords()
 

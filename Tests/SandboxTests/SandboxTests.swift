@@ -218,6 +218,53 @@ struct SandboxRunTests {
         #expect(r.output == "['a', 'b c'] hello\n")
     }
 
+    @Test func eventsArriveAsTheRunGoesAndTheResultIsLast() async throws {
+        try #require(Env.isRoot, "privileged test run without root")
+        let events = RunEvents()
+        let first = events.subscribe(), second = events.subscribe()
+        func collect(_ s: AsyncStream<RunEvent>) async -> [RunEvent] { var all: [RunEvent] = []; for await e in s { all.append(e) }; return all }
+        async let a = collect(first)
+        async let b = collect(second)
+        var req = ExecutionRequest(code: "import sys, time\nprint('a')\ntime.sleep(0.4)\nprint('b', file=sys.stderr)\ntime.sleep(0.4)\nprint('c')")
+        req.limits.wallSeconds *= Env.slow
+        let result = await sandbox.run(req, events: events)
+        let (x, y) = await (a, b)
+        #expect(x.count == y.count, "every subscriber sees every event")
+        guard case .started(let id)? = x.first else { Issue.record("first event: \(String(describing: x.first))"); return }
+        #expect(id == result.containerID)
+        guard case .result(let last)? = x.last else { Issue.record("last event: \(String(describing: x.last))"); return }
+        #expect(last == result)
+        var out: [UInt8] = [], err: [UInt8] = [], samples: [(RunMonitor.Sample, Double)] = []
+        for e in x {
+            switch e {
+            case .output(.stdout, let bytes): out += bytes
+            case .output(.stderr, let bytes): err += bytes
+            case .sample(let s, let t): samples.append((s, t))
+            default: break
+            }
+        }
+        #expect(String(decoding: out, as: UTF8.self) == "a\nc\n" && String(decoding: err, as: UTF8.self) == "b\n")
+        // The program ran for ~0.8 s: sampled at least every 100 ms, in time order, with its task.
+        #expect(samples.count >= 5, "\(samples.count) samples")
+        #expect(zip(samples, samples.dropFirst()).allSatisfy { $0.1 <= $1.1 })
+        #expect(samples.contains { $0.0.pidsCurrent ?? 0 >= 2 && $0.0.cpuUsageUsec != nil })
+        // A stream opened after the end ends at once.
+        var late = 0
+        for await _ in events.subscribe() { late += 1 }
+        #expect(late == 0)
+
+        let limited = RunEvents()
+        let stream = limited.subscribe()
+        async let seen = collect(stream)
+        var slow = ExecutionRequest(code: "import time\ntime.sleep(30)")
+        slow.limits.wallSeconds = 0.3 * Env.slow
+        let r2 = await sandbox.run(slow, events: limited)
+        let all = await seen
+        #expect(r2.status == .timeout)
+        let hits = all.compactMap { if case .limitHit(let k) = $0 { return k } else { return nil } }
+        #expect(hits == ["wall_time"])
+    }
+
     @Test func anotherRuntimeIsAValue() async throws {
         // The same sandbox runs a shell program: interpreter, file name, arguments and
         // environment come from the runtime value, nothing else changes.
