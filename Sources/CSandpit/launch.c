@@ -26,6 +26,7 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -128,6 +129,8 @@ static int sp_loopback_up(void) {
     return r;
 }
 
+static int sp_view_bound;  // SP_OP_VIEW bound the zygote's view (in this init)
+
 static int sp_do_op(const sp_mount_op *op) {
     switch (op->kind) {
     case SP_OP_MKDIR:
@@ -196,9 +199,18 @@ static int sp_do_op(const sp_mount_op *op) {
         }
         return mount(op->src, op->dst, NULL, MS_BIND, NULL);
     }
+    case SP_OP_VIEW: {
+        // The zygote's overlay of the host root, shared by every run it launches.
+        struct statfs sf;
+        if (statfs(op->src, &sf) < 0 || (unsigned long)sf.f_type != 0x794c7630UL /* OVERLAYFS_SUPER_MAGIC */) return 0;
+        if (mount(op->src, op->dst, NULL, MS_BIND, NULL) < 0) return 0;  // the overlay below does it
+        sp_view_bound = 1;
+        return 0;
+    }
     case SP_OP_OVERLAY:
         // The host's files through an overlay: mountinfo shows "overlay sandpit" and an
         // anonymous device where a bind would name the host's disk and its options.
+        if (sp_view_bound) return 0;
         if (mount("sandpit", op->dst, "overlay", MS_RDONLY | MS_NOSUID | MS_NODEV, op->data) == 0) return 0;
         if (mount(op->src, op->dst, NULL, MS_BIND, NULL) < 0) return -1;
         return mount(NULL, op->dst, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, NULL);

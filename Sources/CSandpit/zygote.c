@@ -6,6 +6,7 @@
 #include "csandpit.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <fcntl.h>
 #include <linux/sched.h>
 #include <signal.h>
@@ -13,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -279,6 +281,24 @@ static ssize_t sp_z_recv(int sock, void *buf, size_t cap, int *fds, int *nfds) {
 
 static char sp_z_buf[SP_Z_BUF];
 
+#define SP_OVERLAYFS_MAGIC 0x794c7630
+
+// The view of the host root that runs bind their system directories from: in a mount
+// namespace of the zygote's own (so nothing appears on the host, and it goes when the
+// zygote does), a read-only overlay of "/" named "sandpit" at `view`, with an empty
+// tmpfs at `empty` as its second lower layer. Each init copies this namespace and binds
+// from the view: warm dentries, and mountinfo shows no host device. Best effort: when
+// it fails, each run mounts an overlay of its own (see SP_OP_OVERLAY).
+static void sp_zygote_view(const char *view, const char *empty) {
+    if (unshare(CLONE_NEWNS) < 0) return;
+    if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) return;
+    if (mount("tmpfs", empty, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,nr_inodes=1,mode=500") < 0)
+        return;
+    char opts[4200];
+    snprintf(opts, sizeof opts, "lowerdir=/:%s", empty);
+    (void)mount("sandpit", view, "overlay", MS_RDONLY | MS_NOSUID | MS_NODEV, opts);
+}
+
 static _Noreturn void sp_zygote_main(int sock) {
     (void)prctl(PR_SET_NAME, "sandpit-zygote", 0, 0, 0);
     (void)prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
@@ -315,12 +335,13 @@ __attribute__((constructor(102))) static void sp_zygote_ctor(int argc, char **ar
     char *end = NULL;
     long fd = strtol(argv[2], &end, 10);
     if (!end || *end || fd < 0 || fd > 1000) _exit(2);
+    if (argc >= 5 && argv[3][0] == '/' && argv[4][0] == '/') sp_zygote_view(argv[3], argv[4]);
     sp_zygote_main((int)fd);
 }
 
 // ---------------------------------------------------------------- service side
 
-int sp_zygote_start(const char *exe, pid_t *pid_out) {
+int sp_zygote_start(const char *exe, const char *view, const char *empty, pid_t *pid_out) {
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) return -errno;
     posix_spawn_file_actions_t fa;
@@ -334,7 +355,7 @@ int sp_zygote_start(const char *exe, pid_t *pid_out) {
     posix_spawnattr_setsigmask(&at, &none);
     posix_spawnattr_setsigdefault(&at, &all);
     posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
-    char *const argv[] = {"sandpit-zygote", SP_ZYGOTE_ARG, "3", NULL};
+    char *const argv[] = {"sandpit-zygote", SP_ZYGOTE_ARG, "3", (char *)(view ? view : ""), (char *)(empty ? empty : ""), NULL};
     // Bind every symbol once in the zygote instead of lazily in each init it clones.
     char *const envp[] = {"LD_BIND_NOW=1", NULL};
     pid_t pid = -1;

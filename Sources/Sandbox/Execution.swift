@@ -1,6 +1,7 @@
 import CSandpit
 import CgroupKit
 import Foundation
+import Synchronization
 
 /// CLOCK_MONOTONIC in nanoseconds (the clock the C side stamps with).
 @inline(__always) func monotonicNanos() -> Int64 {
@@ -61,8 +62,9 @@ final class ScratchPrep: @unchecked Sendable {
     }
 }
 
-/// One run from cgroup creation to teardown. Lives on one dedicated thread.
-final class Execution {
+/// One run from cgroup creation to teardown. Lives on one dedicated thread; the only
+/// thing other threads do with it is `stop(reason:)`, which goes through `stopState`.
+final class Execution: @unchecked Sendable {
     enum KillReason: Hashable { case wallTime, cpuTime, output, memoryThrash, stopped }
 
     let sandbox: Sandbox
@@ -90,19 +92,19 @@ final class Execution {
     var prepNs: (start: Int64, cgroup: Int64, scratch: Int64) = (0, 0, 0)
     var launchError: String?
     var lastReadWasEOF = false
-    let stopLock = NSLock()
-    private var stopReasonValue: String?
-    /// Set by `stop(reason:)` from another thread; the supervisor ends the run at once.
-    var stopReason: String? { stopLock.lock(); defer { stopLock.unlock() }; return stopReasonValue }
+    /// The stop reason, set by `stop(reason:)` from another thread, and the init's
+    /// pidfd while it may be signalled (closed under the same lock in `teardown()`).
+    let stopState = Mutex<(reason: String?, pidfd: Int32)>((nil, -1))
+    /// Set by `stop(reason:)`; the supervisor ends the run at once.
+    var stopReason: String? { stopState.withLock { $0.reason } }
 
     /// Asks the supervisor to end the run (service shutdown). The init is killed
     /// through its pidfd, which wakes the supervisor's epoll.
     func stop(reason: String) {
-        stopLock.lock()
-        stopReasonValue = reason
-        let fd = pidfd
-        if fd >= 0 { _ = sp_pidfd_send_signal(fd, SIGKILL) }
-        stopLock.unlock()
+        stopState.withLock { s in
+            s.reason = reason
+            if s.pidfd >= 0 { _ = sp_pidfd_send_signal(s.pidfd, SIGKILL) }
+        }
     }
 
     init(sandbox: Sandbox, request: ExecutionRequest, id: String, events: RunEvents?) throws {
@@ -188,7 +190,8 @@ final class Execution {
         let s = sandbox.settings
         let arena = CArena()
         let plan = RootPlan(newRoot: s.stateDirectory + "/root", sourceRoot: request.rootfs,
-                            extraEtc: request.runtime.etcEntries, scratchMountFD: scratchMountFD,
+                            extraEtc: request.runtime.etcEntries, view: sandbox.launcher?.view,
+                            scratchMountFD: scratchMountFD,
                             uid: s.uid, gid: s.gid, hostname: s.hostname,
                             shmBytes: min(64 << 20, request.limits.memoryBytes / 2))
         let ops: [sp_mount_op] = plan.ops.map { op in
@@ -264,6 +267,7 @@ final class Execution {
         }
         pid = r
         pidfd = fd
+        stopState.withLock { $0.pidfd = fd }
         if nsfd < 0 { nsfd = open("/proc/\(r)/ns/net", O_RDONLY | O_CLOEXEC) }
     }
 }

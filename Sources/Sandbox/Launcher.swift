@@ -11,10 +11,27 @@ final class Launcher: @unchecked Sendable {
     private var sock: Int32 = -1
     private var pid: pid_t = -1
     private var startFailed = false
+    private var startedNs: Int64 = 0
     private let logger: Logger
+    /// Where the zygote mounts its overlay of the host root (in its own mount
+    /// namespace), and the mount point of that overlay's empty lower layer.
+    let view: String
+    let viewEmpty: String
 
-    init(logger: Logger) {
+    init(logger: Logger, stateDirectory: String) {
         self.logger = logger
+        view = stateDirectory + "/view"
+        viewEmpty = stateDirectory + "/view-empty"
+    }
+
+    /// The overlay sees the host's files as they were when it was mounted (overlayfs
+    /// does not promise more when its lower layer changes): the zygote, and with it the
+    /// view, is replaced when older than `maxAge` seconds. Off a run's critical path.
+    func refresh(maxAge: Double = 10) {
+        lock.lock(); defer { lock.unlock() }
+        guard sock >= 0, Double(monotonicNanos() - startedNs) / 1e9 > maxAge else { return }
+        stopLocked()
+        startLocked()
     }
 
     /// Starts the zygote now instead of at the first run.
@@ -26,6 +43,9 @@ final class Launcher: @unchecked Sendable {
     /// Same contract as sp_launch: the init's pid (> 0) and its pidfd, or -errno.
     func launch(_ spec: inout sp_launch_spec, pidfd: inout Int32) -> pid_t {
         lock.lock(); defer { lock.unlock() }
+        if sock >= 0 && Double(monotonicNanos() - startedNs) / 1e9 > 60 {
+            stopLocked()  // after a long idle time: a fresh view of the host's files
+        }
         if sock < 0 && !startFailed { startLocked() }
         guard sock >= 0 else { return sp_launch(&spec, &pidfd) }
         let r = sp_zygote_launch(sock, &spec, &pidfd)
@@ -59,7 +79,10 @@ final class Launcher: @unchecked Sendable {
 
     private func startLocked() {
         var p: pid_t = 0
-        let s = sp_zygote_start("/proc/self/exe", &p)
+        _ = mkdir((view as NSString).deletingLastPathComponent, 0o700)
+        _ = mkdir(view, 0o700)
+        _ = mkdir(viewEmpty, 0o500)
+        let s = sp_zygote_start("/proc/self/exe", view, viewEmpty, &p)
         guard s >= 0 else {
             startFailed = true
             logger.warning("launcher could not start (\(String(cString: strerror(-s)))); runs are cloned from this process")
@@ -67,6 +90,7 @@ final class Launcher: @unchecked Sendable {
         }
         sock = s
         pid = p
+        startedNs = monotonicNanos()
     }
 
     private func stopLocked() {

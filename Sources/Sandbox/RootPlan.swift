@@ -1,10 +1,11 @@
 import CSandpit
 import Foundation
+import Synchronization
 
 /// One step of building the sandbox's root, executed in order by the init in C.
 public struct MountOp: Sendable, Equatable {
     public enum Kind: Int32, Sendable {
-        case mkdir = 1, bind, symlink, tmpfs, proc, mknod, file, blockfs, chown, umount, rmdir, touch, moveMount, mask, overlay
+        case mkdir = 1, bind, symlink, tmpfs, proc, mknod, file, blockfs, chown, umount, rmdir, touch, moveMount, mask, overlay, view
     }
     public var kind: Kind
     public var flags: Int32 = 0
@@ -47,8 +48,10 @@ public struct RootPlan: Sendable {
     static let etcEntries = ["alternatives", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "ssl", "ca-certificates",
                              "localtime", "mime.types", "os-release"]
 
-    /// `extraEtc`: the runtime's own /etc entries (see `Runtime.etcEntries`).
-    public init(newRoot: String, sourceRoot: String, extraEtc: [String] = [], scratchMountFD: Int32,
+    /// `extraEtc`: the runtime's own /etc entries (see `Runtime.etcEntries`). `view`:
+    /// where the launcher keeps its overlay of the host root (used for source root "/").
+    public init(newRoot: String, sourceRoot: String, extraEtc: [String] = [], view hostView: String? = nil,
+                scratchMountFD: Int32,
                 uid: UInt32, gid: UInt32, hostname: String, shmBytes: UInt64) {
         self.newRoot = newRoot
         let r = newRoot
@@ -66,6 +69,8 @@ public struct RootPlan: Sendable {
         let rootDevice = SourceEntry.device(rootPath)
         add(MountOp(kind: .mkdir, dst: view, mode: 0o700))
         add(MountOp(kind: .mkdir, dst: empty, mode: 0o500))
+        // The launcher's overlay, shared by its runs (warm, mounted once), else one of our own.
+        if src.isEmpty, let hostView { add(MountOp(kind: .view, src: hostView, dst: view)) }
         add(MountOp(kind: .overlay, src: rootPath, dst: view, data: Array("lowerdir=\(rootPath):\(empty)\0".utf8)))
 
         // A source entry appears as itself: a symlink is recreated, a directory or a file
@@ -151,28 +156,17 @@ public struct RootPlan: Sendable {
 enum SourceEntry: Equatable, Sendable {
     case symlink(String), directory, file, missing
 
-    private static let cache = Cache()
-    private final class Cache: @unchecked Sendable {
-        var entries: [String: (entry: SourceEntry, device: UInt64?, at: Int64)] = [:]
-        let lock = NSLock()
-    }
+    private static let cache = Mutex<[String: (entry: SourceEntry, device: UInt64?, at: Int64)]>([:])
 
     /// What `path` is and the filesystem (st_dev) it is on itself (not following a
     /// final symlink), kept for 10 seconds.
     private static func lookup(_ path: String) -> (entry: SourceEntry, device: UInt64?) {
         let now = monotonicNanos()
-        cache.lock.lock()
-        if let c = cache.entries[path], now - c.at < 10_000_000_000 {
-            cache.lock.unlock()
-            return (c.entry, c.device)
-        }
-        cache.lock.unlock()
+        if let c = cache.withLock({ $0[path] }), now - c.at < 10_000_000_000 { return (c.entry, c.device) }
         var st = stat()
         let device: UInt64? = lstat(path, &st) == 0 ? UInt64(st.st_dev) : nil
         let e = classify(path)
-        cache.lock.lock()
-        cache.entries[path] = (e, device, now)
-        cache.lock.unlock()
+        cache.withLock { $0[path] = (e, device, now) }
         return (e, device)
     }
 

@@ -10,8 +10,9 @@ import Synchronization
 public final class Sandbox: Sendable {
     public let settings: SandboxSettings
     let logger: Logger
-    /// Runs (and the warm-up) whose work has not finished; `quiesce()` waits for 0.
-    let pending = Mutex(0)
+    /// Runs (and the warm-up) whose work has not finished, and the `quiesce()` calls
+    /// waiting for that count to reach 0.
+    let pending = Mutex<(count: Int, waiters: [CheckedContinuation<Void, Never>])>((0, []))
     let pool: ReusePool<Scratch>
     let netnsPool: ReusePool<Int32>
     /// A run cgroup made ahead (no limits, never used), renamed for the next run.
@@ -22,7 +23,7 @@ public final class Sandbox: Sendable {
     public init(settings: SandboxSettings = SandboxSettings(), logger: Logger = Logger(label: "sandpit")) {
         self.settings = settings
         self.logger = logger
-        launcher = settings.useLauncher ? Launcher(logger: logger) : nil
+        launcher = settings.useLauncher ? Launcher(logger: logger, stateDirectory: settings.stateDirectory) : nil
         pool = ReusePool(capacity: max(0, settings.scratchPoolSize), dispose: { $0.release() })
         netnsPool = ReusePool(capacity: max(0, settings.netnsPoolSize), dispose: { close($0) })
         spareCgroups = ReusePool(capacity: settings.prepareAhead && settings.spareCgroup ? 1 : 0, dispose: { spare in
@@ -34,11 +35,11 @@ public final class Sandbox: Sendable {
     /// own (a service calls this once it has set up its cgroups). `quiesce()` waits
     /// for it.
     public func warmUp() {
-        pending.withLock { $0 += 1 }
+        begin()
         Thread {
             self.launcher?.warmUp()
             self.prepareSpare()
-            self.pending.withLock { $0 -= 1 }
+            self.end()
         }.start()
     }
 
@@ -55,7 +56,7 @@ public final class Sandbox: Sendable {
     /// `events`, when given, receives the run's events as they happen (output, samples,
     /// limits), the result last; then its streams end.
     public func run(_ request: ExecutionRequest, id: String = Sandbox.newID(), events: RunEvents? = nil) async -> ExecutionResult {
-        pending.withLock { $0 += 1 }
+        begin()
         return await withCheckedContinuation { (cont: CheckedContinuation<ExecutionResult, Never>) in
             let thread = Thread {
                 let (result, execution) = self.execute(request, id: id, events: events)
@@ -64,7 +65,7 @@ public final class Sandbox: Sendable {
                 cont.resume(returning: result)
                 execution?.teardown()
                 if self.settings.prepareAhead { self.prepareSpare() }
-                self.pending.withLock { $0 -= 1 }
+                self.end()
             }
             thread.stackSize = 1 << 20
             thread.start()
@@ -121,6 +122,7 @@ public final class Sandbox: Sendable {
     /// namespace off the critical path, when none is kept.
     func prepareSpare() {
         guard !closed.withLock({ $0 }) else { return }
+        launcher?.refresh()
         if netnsPool.capacity > 0 && netnsPool.count == 0 {
             let fd = sp_new_netns()
             if fd >= 0 { netnsPool.put(fd) }
@@ -181,7 +183,27 @@ public final class Sandbox: Sendable {
 
     /// Waits until every run's teardown has finished.
     public func quiesce() async {
-        while pending.withLock({ $0 }) > 0 { try? await Task.sleep(for: .milliseconds(1)) }
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let now = pending.withLock { p -> Bool in
+                if p.count == 0 { return true }
+                p.waiters.append(c)
+                return false
+            }
+            if now { c.resume() }
+        }
+    }
+
+    private func begin() { pending.withLock { $0.count += 1 } }
+
+    /// One piece of work finished: at 0, everyone in `quiesce()` goes on.
+    private func end() {
+        let ready = pending.withLock { p -> [CheckedContinuation<Void, Never>] in
+            p.count -= 1
+            guard p.count == 0 else { return [] }
+            defer { p.waiters = [] }
+            return p.waiters
+        }
+        for c in ready { c.resume() }
     }
 
     /// A 32-hex-digit random id (the run's container_id).
@@ -212,12 +234,11 @@ public final class Sandbox: Sendable {
 }
 
 /// The executions in progress.
-final class ActiveRuns: @unchecked Sendable {
-    private var runs: [ObjectIdentifier: Execution] = [:]
-    private let lock = NSLock()
-    func add(_ e: Execution) { lock.lock(); runs[ObjectIdentifier(e)] = e; lock.unlock() }
-    func remove(_ e: Execution) { lock.lock(); runs[ObjectIdentifier(e)] = nil; lock.unlock() }
-    func all() -> [Execution] { lock.lock(); defer { lock.unlock() }; return Array(runs.values) }
+final class ActiveRuns: Sendable {
+    private let runs = Mutex<[ObjectIdentifier: Execution]>([:])
+    func add(_ e: Execution) { runs.withLock { $0[ObjectIdentifier(e)] = e } }
+    func remove(_ e: Execution) { _ = runs.withLock { $0.removeValue(forKey: ObjectIdentifier(e)) } }
+    func all() -> [Execution] { runs.withLock { Array($0.values) } }
 }
 
 /// The counters of a network namespace that a program inside it can read: the

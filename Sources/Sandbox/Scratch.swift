@@ -1,5 +1,6 @@
 import CSandpit
 import Foundation
+import Synchronization
 
 /// A run's writable area: an ext4 filesystem on its own loop device, sized to the
 /// run's scratch limit, with `tmp` (1777) and `work` (the sandbox user's) on it. The
@@ -204,9 +205,8 @@ enum Tree {
 
 /// Resources emptied after their run and kept for the next ones (at most
 /// `capacity`): scratch filesystems and quiet network namespaces.
-final class ReusePool<T>: @unchecked Sendable {
-    private var idle: [T] = []
-    private let lock = NSLock()
+final class ReusePool<T: Sendable>: @unchecked Sendable {
+    private let idle = Mutex<[T]>([])
     private let dispose: (T) -> Void
     let capacity: Int
 
@@ -216,35 +216,33 @@ final class ReusePool<T>: @unchecked Sendable {
     }
 
     func take(where fits: (T) -> Bool = { _ in true }) -> T? {
-        lock.lock(); defer { lock.unlock() }
-        guard let i = idle.lastIndex(where: fits) else { return nil }
-        return idle.remove(at: i)
+        idle.withLock { list in list.lastIndex(where: fits).map { list.remove(at: $0) } }
     }
 
     func contains(where fits: (T) -> Bool = { _ in true }) -> Bool {
-        lock.lock(); defer { lock.unlock() }
-        return idle.contains(where: fits)
+        idle.withLock { $0.contains(where: fits) }
     }
 
     /// Keeps `v` for a later run, or disposes of it when the pool is full.
     func put(_ v: T) {
-        lock.lock()
-        let keep = idle.count < capacity
-        if keep { idle.append(v) }
-        lock.unlock()
+        let keep = idle.withLock { list -> Bool in
+            guard list.count < capacity else { return false }
+            list.append(v)
+            return true
+        }
         if !keep { dispose(v) }
     }
 
     func drain() {
-        lock.lock()
-        let all = idle
-        idle = []
-        lock.unlock()
+        let all = idle.withLock { list -> [T] in
+            defer { list = [] }
+            return list
+        }
         for v in all { dispose(v) }
     }
 
-    var items: [T] { lock.lock(); defer { lock.unlock() }; return idle }
-    var count: Int { lock.lock(); defer { lock.unlock() }; return idle.count }
+    var items: [T] { idle.withLock { $0 } }
+    var count: Int { idle.withLock { $0.count } }
 }
 
 /// posix_spawnp + waitpid for helper programs (mkfs). Blocking: call from a dedicated thread.

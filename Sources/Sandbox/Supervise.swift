@@ -265,10 +265,11 @@ extension Execution {
             // pid namespace, so the group is empty once it is reaped.
             var code: Int32 = 0, st: Int32 = 0
             _ = sp_pidfd_wait(pidfd, 0, &code, &st)
-            stopLock.lock()  // stop(reason:) may be using the fd
-            close(pidfd)
+            stopState.withLock { s in  // stop(reason:) may be using the fd
+                close(pidfd)
+                s.pidfd = -1
+            }
             pidfd = -1
-            stopLock.unlock()
         }
         let t1 = monotonicNanos()
         if !backend.processes(run).isEmpty { try? backend.kill(run) }

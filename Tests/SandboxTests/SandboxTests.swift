@@ -562,6 +562,24 @@ struct ReuseTests {
         #expect(kept.hostBytes < 16 << 20, "an emptied scratch still holds \(kept.hostBytes) bytes of host disk")
     }
 
+    @Test func runsBindFromTheLaunchersViewOfTheHostRoot() async throws {
+        let sandbox = Sandbox()
+        defer { sandbox.shutdown() }
+        let state = sandbox.settings.stateDirectory
+        let usr = "print([l.split(' - ')[1].strip() for l in open('/proc/self/mountinfo') if ' /usr /usr ' in l])"
+        let a = try await run(sandbox, usr)
+        // One overlay, mounted by the launcher in a mount namespace of its own...
+        #expect(a.output.contains("overlay sandpit ro,lowerdir=/:\(state)/view-empty"), "\(a.output)")
+        // ...which the host never sees.
+        #expect(!(SysFile.read("/proc/self/mountinfo") ?? "").contains(state + "/view"))
+        // Without the launcher a run mounts an overlay of its own, the same to the program.
+        let zygote = try #require(sandbox.launcherPid)
+        #expect(kill(zygote, SIGKILL) == 0)  // our own child
+        usleep(50_000)
+        let b = try await run(sandbox, usr)
+        #expect(b.output.contains("overlay sandpit ro,lowerdir=/:\(state)/root/.sandpit-empty"), "\(b.output)")
+    }
+
     @Test func runsContinueWhenTheLauncherDies() async throws {
         let sandbox = Sandbox()
         defer { sandbox.shutdown() }

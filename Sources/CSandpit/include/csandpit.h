@@ -40,7 +40,10 @@ enum sp_op_kind {
     SP_OP_MASK = 14,      // hide dst: an empty read-only tmpfs on a directory, a read-only bind
                           // of src (a /dev/null) on anything else; skipped when dst is absent
     SP_OP_OVERLAY = 15,   // a read-only overlay named "sandpit" on dst with options `data`
-                          // (lowerdir=...); without overlayfs, a read-only bind of src instead
+                          // (lowerdir=...); without overlayfs, a read-only bind of src instead;
+                          // nothing when an SP_OP_VIEW before it succeeded
+    SP_OP_VIEW = 16,      // when src is an overlay mount (the zygote's view of the host root),
+                          // bind it on dst; else nothing
 };
 
 #define SP_BIND_RO 0x1        // remount the bind read-only
@@ -179,7 +182,9 @@ pid_t sp_launch_ex(const sp_launch_spec *spec, uint64_t extra_flags, int *pidfd_
 /// Starts a zygote from executable `exe` (normally /proc/self/exe). Returns the
 /// service's end of its socket (SOCK_SEQPACKET, CLOEXEC) and its pid in *pid_out,
 /// or -errno. The zygote exits when the socket closes or this process dies.
-int sp_zygote_start(const char *exe, pid_t *pid_out);
+/// `view` and `empty` (existing directories, or NULL): the zygote mounts, in a mount
+/// namespace of its own, a read-only overlay of "/" at `view` for the runs' binds.
+int sp_zygote_start(const char *exe, const char *view, const char *empty, pid_t *pid_out);
 /// Launches `spec` through the zygote on `sock` (one caller at a time). Same
 /// contract as sp_launch; -EPIPE / -ECONNRESET when the zygote is gone.
 pid_t sp_zygote_launch(int sock, const sp_launch_spec *spec, int *pidfd_out);
