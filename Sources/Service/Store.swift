@@ -81,9 +81,11 @@ public final class ExecutionStore: Sendable {
     /// Cuts `text` to at most `limit` bytes of UTF-8 (on a character boundary).
     static func capped(_ text: String?, _ limit: Int) -> (String?, Bool) {
         guard let text, text.utf8.count > limit else { return (text, false) }
-        var end = text.utf8.index(text.utf8.startIndex, offsetBy: limit)
-        while end > text.startIndex && !text.unicodeScalars.indices.contains(end) { end = text.utf8.index(before: end) }
-        return (String(text[..<end]), true)
+        let utf8 = text.utf8
+        var end = utf8.index(utf8.startIndex, offsetBy: limit)
+        // Back off UTF-8 continuation bytes (10xxxxxx) to the start of a scalar: O(1) a step.
+        while end > utf8.startIndex && utf8[end] & 0xC0 == 0x80 { end = utf8.index(before: end) }
+        return (String(decoding: utf8[..<end], as: UTF8.self), true)
     }
 
     /// Completes a row with the run's result. When the database cannot be written

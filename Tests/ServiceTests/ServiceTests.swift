@@ -682,6 +682,11 @@ struct LogRetentionTests {
         let id2 = try await store.begin(code: "c", name: "t", containerID: "b", queuedAt: Date(), startedAt: Date())
         try await store.finish(id: id2, result: result("fits"), finishedAt: Date())
         #expect(try await store.get(id: id2)?["log_truncated"] as? Bool == false)
+        // A cut never splits a character: it backs off to the start of a UTF-8 sequence.
+        #expect(ExecutionStore.capped("aé", 2) == ("a", true))
+        #expect(ExecutionStore.capped("🙂🙂", 7) == ("🙂", true))
+        #expect(ExecutionStore.capped("abc", 3) == ("abc", false))
+        #expect(ExecutionStore.capped(nil, 0) == (nil, false))
     }
 
     @Test func aRowThatCouldNotBeCompletedIsCompletedByTheUpkeep() async throws {
