@@ -59,57 +59,12 @@ public struct ExecutionResult: Sendable, Equatable {
 }
 
 extension ExecutionResult: Codable {
-    enum CodingKeys: String, CodingKey, CaseIterable {
-        case success, output, error
-        case containerID = "container_id"
-        case containerName = "container_name"
-        case executionTime = "execution_time"
-        case exitCode = "exit_code"
-        case cpuUserTime = "cpu_user_time"
-        case cpuSystemTime = "cpu_system_time"
-        case cpuPercent = "cpu_percent"
-        case memoryUsage = "memory_usage"
-        case memoryPeak = "memory_peak"
-        case memoryPercent = "memory_percent"
-        case memoryLimit = "memory_limit"
-        case blockIORead = "block_io_read"
-        case blockIOWrite = "block_io_write"
-        case networkIORx = "network_io_rx"
-        case networkIOTx = "network_io_tx"
-        case pidsCount = "pids_count"
-        case status, signal
-        case oomKilled = "oom_killed"
-        case timedOut = "timed_out"
-        case stdoutTruncated = "stdout_truncated"
-        case stderrTruncated = "stderr_truncated"
-        case startedAt = "started_at"
-    }
-
-    /// One field's value, for the two writers (JSONEncoder and the compact one).
-    enum Field {
-        case string(String?), bool(Bool), int(Int64?), double(Double?)
-    }
-
-    /// Every field in the specification's order, then sandpit's.
-    var fields: [(CodingKeys, Field)] {
-        [(.success, .bool(success)), (.output, .string(output)), (.error, .string(error)),
-         (.containerID, .string(containerID)), (.containerName, .string(containerName)),
-         (.executionTime, .double(executionTime)), (.exitCode, .int(exitCode.map(Int64.init))),
-         (.cpuUserTime, .double(cpuUserTime)), (.cpuSystemTime, .double(cpuSystemTime)),
-         (.cpuPercent, .double(cpuPercent)), (.memoryUsage, .int(memoryUsage)), (.memoryPeak, .int(memoryPeak)),
-         (.memoryPercent, .double(memoryPercent)), (.memoryLimit, .int(memoryLimit)),
-         (.blockIORead, .int(blockIORead)), (.blockIOWrite, .int(blockIOWrite)),
-         (.networkIORx, .int(networkIORx)), (.networkIOTx, .int(networkIOTx)), (.pidsCount, .int(pidsCount)),
-         (.status, .string(status.rawValue)), (.signal, .int(signal.map(Int64.init))),
-         (.oomKilled, .bool(oomKilled)), (.timedOut, .bool(timedOut)),
-         (.stdoutTruncated, .bool(stdoutTruncated)), (.stderrTruncated, .bool(stderrTruncated)),
-         (.startedAt, .string(Self.timestamp(startedAt)))]
-    }
-
+    /// Written and read field by field from `schema`.
     public func encode(to encoder: any Encoder) throws {
-        var c = encoder.container(keyedBy: CodingKeys.self)
-        for (key, value) in fields {
-            switch value {
+        var c = encoder.container(keyedBy: AnyKey.self)
+        for f in Self.schema {
+            let key = AnyKey(f.name)
+            switch f.get(self) {
             case .string(let v): try c.encode(v, forKey: key)
             case .bool(let v): try c.encode(v, forKey: key)
             case .int(let v): try c.encode(v, forKey: key)
@@ -119,33 +74,19 @@ extension ExecutionResult: Codable {
     }
 
     public init(from decoder: any Decoder) throws {
-        let c = try decoder.container(keyedBy: CodingKeys.self)
-        self.init(containerID: try c.decode(String.self, forKey: .containerID),
-                  containerName: try c.decode(String.self, forKey: .containerName),
-                  startedAt: Self.parseTimestamp(try c.decode(String.self, forKey: .startedAt)) ?? Date(timeIntervalSince1970: 0))
-        success = try c.decode(Bool.self, forKey: .success)
-        output = try c.decode(String.self, forKey: .output)
-        error = try c.decodeIfPresent(String.self, forKey: .error)
-        executionTime = try c.decode(Double.self, forKey: .executionTime)
-        exitCode = try c.decodeIfPresent(Int.self, forKey: .exitCode)
-        cpuUserTime = try c.decodeIfPresent(Double.self, forKey: .cpuUserTime)
-        cpuSystemTime = try c.decodeIfPresent(Double.self, forKey: .cpuSystemTime)
-        cpuPercent = try c.decodeIfPresent(Double.self, forKey: .cpuPercent)
-        memoryUsage = try c.decodeIfPresent(Int64.self, forKey: .memoryUsage)
-        memoryPeak = try c.decodeIfPresent(Int64.self, forKey: .memoryPeak)
-        memoryPercent = try c.decodeIfPresent(Double.self, forKey: .memoryPercent)
-        memoryLimit = try c.decodeIfPresent(Int64.self, forKey: .memoryLimit)
-        blockIORead = try c.decodeIfPresent(Int64.self, forKey: .blockIORead)
-        blockIOWrite = try c.decodeIfPresent(Int64.self, forKey: .blockIOWrite)
-        networkIORx = try c.decodeIfPresent(Int64.self, forKey: .networkIORx)
-        networkIOTx = try c.decodeIfPresent(Int64.self, forKey: .networkIOTx)
-        pidsCount = try c.decodeIfPresent(Int64.self, forKey: .pidsCount)
-        status = try c.decode(RunStatus.self, forKey: .status)
-        signal = try c.decodeIfPresent(Int.self, forKey: .signal)
-        oomKilled = try c.decode(Bool.self, forKey: .oomKilled)
-        timedOut = try c.decode(Bool.self, forKey: .timedOut)
-        stdoutTruncated = try c.decode(Bool.self, forKey: .stdoutTruncated)
-        stderrTruncated = try c.decode(Bool.self, forKey: .stderrTruncated)
+        let c = try decoder.container(keyedBy: AnyKey.self)
+        self.init(containerID: "", containerName: "", startedAt: Date(timeIntervalSince1970: 0))
+        for f in Self.schema {
+            let key = AnyKey(f.name)
+            let value: FieldValue
+            switch f.type {
+            case .string: value = .string(f.nullable ? try c.decodeIfPresent(String.self, forKey: key) : try c.decode(String.self, forKey: key))
+            case .boolean: value = .bool(f.nullable ? try c.decodeIfPresent(Bool.self, forKey: key) : try c.decode(Bool.self, forKey: key))
+            case .integer: value = .int(f.nullable ? try c.decodeIfPresent(Int64.self, forKey: key) : try c.decode(Int64.self, forKey: key))
+            case .number: value = .double(f.nullable ? try c.decodeIfPresent(Double.self, forKey: key) : try c.decode(Double.self, forKey: key))
+            }
+            f.set(&self, value)
+        }
     }
 
     /// RFC 3339 UTC with milliseconds (rounded), e.g. `2026-11-29T03:42:23.146Z`.
@@ -180,21 +121,17 @@ extension ExecutionResult: Codable {
             return String(decoding: data, as: UTF8.self)
         }
         var w = JSONWriter()
-        for (key, value) in fields {
-            switch value {
-            case .string(let v): w.field(key.rawValue, v)
-            case .bool(let v): w.field(key.rawValue, v)
-            case .int(let v): w.field(key.rawValue, v)
-            case .double(let v): w.field(key.rawValue, v)
-            }
-        }
+        for f in Self.schema { w.field(f.name, f.get(self)) }
         return w.finish()
     }
 }
 
-/// A flat JSON object written field by field (strings escaped per RFC 8259).
-struct JSONWriter {
+/// A JSON object written field by field (strings escaped per RFC 8259); a value
+/// that is already JSON text can be put in with `raw`.
+public struct JSONWriter: Sendable {
     private var out: [UInt8] = [UInt8(ascii: "{")]
+
+    public init() {}
 
     private mutating func key(_ k: String) {
         if out.count > 1 { out.append(UInt8(ascii: ",")) }
@@ -224,27 +161,42 @@ struct JSONWriter {
 
     private mutating func raw(_ s: String) { out.append(contentsOf: s.utf8) }
 
-    mutating func field(_ k: String, _ v: String?) {
+    /// A field whose value is JSON text written elsewhere (an array, an object).
+    public mutating func field(_ k: String, json: String) {
+        key(k)
+        raw(json)
+    }
+
+    public mutating func field(_ k: String, _ v: FieldValue) {
+        switch v {
+        case .string(let v): field(k, v)
+        case .bool(let v): key(k); raw(v.map { $0 ? "true" : "false" } ?? "null")
+        case .int(let v): field(k, v)
+        case .double(let v): field(k, v)
+        }
+    }
+
+    public mutating func field(_ k: String, _ v: String?) {
         key(k)
         if let v { string(v) } else { raw("null") }
     }
 
-    mutating func field(_ k: String, _ v: Bool) {
+    public mutating func field(_ k: String, _ v: Bool) {
         key(k)
         raw(v ? "true" : "false")
     }
 
-    mutating func field(_ k: String, _ v: Int64?) {
+    public mutating func field(_ k: String, _ v: Int64?) {
         key(k)
         raw(v.map { String($0) } ?? "null")
     }
 
-    mutating func field(_ k: String, _ v: Double?) {
+    public mutating func field(_ k: String, _ v: Double?) {
         key(k)
         if let v, v.isFinite { raw(v.description) } else { raw("null") }
     }
 
-    mutating func finish() -> String {
+    public mutating func finish() -> String {
         out.append(UInt8(ascii: "}"))
         return String(decoding: out, as: UTF8.self)
     }

@@ -1,5 +1,7 @@
 import Foundation
 import GRDB
+import Sandbox
+import Synchronization
 
 /// The schema of `execution_logs` and its migration, as the specification's guide
 /// describes it: look at which columns exist, add the missing ones with their types,
@@ -40,34 +42,72 @@ public enum Schema {
         "CREATE INDEX IF NOT EXISTS execution_logs_container_name ON execution_logs (container_name)",
     ]
 
-    public struct Report: Sendable {
-        public var createdTable = false
-        public var addedColumns: [String] = []
-        public var rows = 0
-        public var nothingToDo: Bool { !createdTable && addedColumns.isEmpty }
+    public typealias Report = MigrationReport
+
+    /// The versioned migrations (GRDB's `DatabaseMigrator`, which records applied ones in
+    /// `grdb_migrations`). A migration is history: it never changes once released. A new
+    /// stored field gets a new migration that adds its column; `missingColumns` (checked by
+    /// a test) says when one is needed.
+    static func migrator(_ log: MigrationLog) -> DatabaseMigrator {
+        var m = DatabaseMigrator()
+        // The specification's migration guide: whatever the table has (another program's
+        // pre-enhancement table, or an earlier sandpit's), add what is missing, keep every row.
+        m.registerMigration("v1 execution_logs with metrics") { db in
+            var report = MigrationReport()
+            if try !db.tableExists("execution_logs") {
+                try db.execute(sql: legacyTable)
+                report.createdTable = true
+                log.say("created table execution_logs")
+            }
+            let existing = Set(try db.columns(in: "execution_logs").map { $0.name.lowercased() })
+            report.rows = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM execution_logs") ?? 0
+            log.say("execution_logs has \(existing.count) columns and \(report.rows) rows")
+            for (name, type) in addedColumns where !existing.contains(name) {
+                try db.execute(sql: "ALTER TABLE execution_logs ADD COLUMN \(name) \(type)")
+                report.addedColumns.append(name)
+                log.say("added column \(name) \(type)")
+            }
+            for sql in indexes { try db.execute(sql: sql) }
+            log.report.withLock { $0 = report }
+        }
+        return m
+    }
+
+    /// Lines and the report of one `migrate` (migrations run in `@Sendable` closures).
+    final class MigrationLog: Sendable {
+        let lines = Mutex<[String]>([])
+        let report = Mutex(MigrationReport())
+        func say(_ line: String) { lines.withLock { $0.append(line) } }
     }
 
     /// Brings the database to the current schema. `progress` receives one line per step.
     @discardableResult
     public static func migrate(_ writer: any DatabaseWriter, progress: (String) -> Void = { _ in }) throws -> Report {
-        try writer.write { db in
-            var report = Report()
-            if try !db.tableExists("execution_logs") {
-                try db.execute(sql: legacyTable)
-                report.createdTable = true
-                progress("created table execution_logs")
+        let log = MigrationLog()
+        let migrator = migrator(log)
+        if try writer.read({ try migrator.hasCompletedMigrations($0) }) {
+            let (columns, rows) = try writer.read { db in
+                (try db.columns(in: "execution_logs").count, try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM execution_logs") ?? 0)
             }
-            let existing = Set(try db.columns(in: "execution_logs").map { $0.name.lowercased() })
-            report.rows = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM execution_logs") ?? 0
-            progress("execution_logs has \(existing.count) columns and \(report.rows) rows")
-            for (name, type) in addedColumns where !existing.contains(name) {
-                try db.execute(sql: "ALTER TABLE execution_logs ADD COLUMN \(name) \(type)")
-                report.addedColumns.append(name)
-                progress("added column \(name) \(type)")
-            }
-            for sql in indexes { try db.execute(sql: sql) }
-            if report.nothingToDo { progress("nothing to do: the schema is current") }
-            return report
+            log.say("execution_logs has \(columns) columns and \(rows) rows")
+            log.report.withLock { $0.rows = rows }
+        } else {
+            try migrator.migrate(writer)
         }
+        let report = log.report.withLock { $0 }
+        if report.nothingToDo { log.say("nothing to do: the schema is current") }
+        for line in log.lines.withLock({ $0 }) { progress(line) }
+        return report
+    }
+
+    /// Columns the result's stored fields and the log need that `execution_logs` lacks
+    /// (or has with another type): a new field needs a migration.
+    public static func missingColumns(_ db: Database) throws -> [String] {
+        let have = Dictionary(try db.columns(in: "execution_logs").map { ($0.name.lowercased(), $0.type.uppercased()) },
+                              uniquingKeysWith: { a, _ in a })
+        let need = ExecutionResult.schema.filter { $0.storage != .none }.map { ($0.name, $0.sqlType) }
+            + [("id", "INTEGER"), ("code", "TEXT"), ("created_at", "TIMESTAMP"), ("queued_at", "TIMESTAMP"),
+               ("finished_at", "TIMESTAMP"), ("host", "TEXT"), ("log_truncated", "BOOLEAN")]
+        return need.filter { have[$0.0] != $0.1 }.map { "\($0.0) \($0.1)" }
     }
 }

@@ -3,9 +3,12 @@ import GRDB
 import Sandbox
 import Synchronization
 
-/// The execution log: SQLite through GRDB, WAL mode (DatabasePool), busy database
+/// The execution log on SQLite through GRDB: WAL mode (DatabasePool), busy database
 /// retried. Table and column names are the specification's.
-public final class ExecutionStore: Sendable {
+public final class ExecutionStore: ExecutionLog {
+    public typealias Retention = Service.Retention
+    public typealias ListQuery = LogQuery
+
     public let pool: DatabasePool
     public let host: String
 
@@ -15,6 +18,10 @@ public final class ExecutionStore: Sendable {
     /// Results whose row could not be completed (disk full, I/O error), retried by
     /// `maintain()` so that the log catches up by itself once it can be written.
     let unfinished = Mutex<[(id: Int64, result: ExecutionResult, finishedAt: Date)]>([])
+
+    public func prepare(progress: @escaping (String) -> Void = { _ in }) throws -> MigrationReport {
+        try Schema.migrate(pool, progress: progress)
+    }
 
     public init(path: String, host: String = ExecutionStore.hostName(), outputLimit: Int = 256 << 10) throws {
         try Self.secureFiles(path)
@@ -101,54 +108,61 @@ public final class ExecutionStore: Sendable {
         }
     }
 
+    /// The result's columns in `schema` order, and the row update they make.
+    static let storedFields = ExecutionResult.schema.filter { $0.storage != .none }
+    /// Columns `finish` writes (the name is the request's, written by `begin`).
+    static let finishedFields = storedFields.filter { $0.name != "container_name" }
+    static let updateSQL = "UPDATE execution_logs SET "
+        + finishedFields.map { "\($0.name) = ?" }.joined(separator: ", ")
+        + ", finished_at = ?, log_truncated = ? WHERE id = ?"
+
+    /// A field's value as its column stores it (timestamps as dates).
+    static func databaseValue(_ f: ResultField, _ v: FieldValue) -> DatabaseValue {
+        switch v {
+        case .string(let s):
+            if f.sqlType == "TIMESTAMP", let s { return ExecutionResult.parseTimestamp(s)?.databaseValue ?? .null }
+            return s.databaseValue
+        case .bool(let b): return b.databaseValue
+        case .int(let i): return i.databaseValue
+        case .double(let d): return d.databaseValue
+        }
+    }
+
+    /// A column's value as the field's type (legacy rows may hold other storage classes).
+    static func fieldValue(_ f: ResultField, _ dbv: DatabaseValue) -> FieldValue {
+        switch f.type {
+        case .string:
+            if f.sqlType == "TIMESTAMP" { return .string(Date.fromDatabaseValue(dbv).map(ExecutionResult.timestamp)) }
+            if case .blob(let b) = dbv.storage { return .string(String(decoding: b, as: UTF8.self)) }
+            return .string(String.fromDatabaseValue(dbv))
+        case .boolean: return .bool(Bool.fromDatabaseValue(dbv))
+        case .integer: return .int(Int64.fromDatabaseValue(dbv))
+        case .number: return .double(Double.fromDatabaseValue(dbv))
+        }
+    }
+
     func finishRow(id: Int64, result r: ExecutionResult, finishedAt: Date) async throws {
         let (output, outCut) = Self.capped(r.output, outputLimit)
         let (errorText, errCut) = Self.capped(r.error, outputLimit)
+        var values: [DatabaseValue] = Self.finishedFields.map { f in
+            switch f.name {
+            case "output": output.databaseValue
+            case "error": errorText.databaseValue
+            default: Self.databaseValue(f, f.value(of: r))
+            }
+        }
+        values += [finishedAt.databaseValue, (outCut || errCut).databaseValue, id.databaseValue]
+        let arguments = StatementArguments(values)
         try await write { db in
-            try db.execute(sql: """
-                UPDATE execution_logs SET
-                  container_id = ?, output = ?, error = ?, success = ?, execution_time = ?,
-                  cpu_user_time = ?, cpu_system_time = ?, cpu_percent = ?,
-                  memory_usage = ?, memory_peak = ?, memory_percent = ?, memory_limit = ?,
-                  block_io_read = ?, block_io_write = ?, network_io_rx = ?, network_io_tx = ?,
-                  pids_count = ?, exit_code = ?,
-                  status = ?, signal = ?, oom_killed = ?, timed_out = ?, started_at = ?, finished_at = ?,
-                  log_truncated = ?
-                WHERE id = ?
-                """, arguments: [
-                    r.containerID, output, errorText, r.success, r.executionTime,
-                    r.cpuUserTime, r.cpuSystemTime, r.cpuPercent,
-                    r.memoryUsage, r.memoryPeak, r.memoryPercent, r.memoryLimit,
-                    r.blockIORead, r.blockIOWrite, r.networkIORx, r.networkIOTx,
-                    r.pidsCount, r.exitCode,
-                    r.status.rawValue, r.signal, r.oomKilled, r.timedOut, r.startedAt, finishedAt,
-                    outCut || errCut, id,
-                ])
+            try db.execute(sql: Self.updateSQL, arguments: arguments)
         }
-    }
-
-    public struct Retention: Sendable {
-        /// Finished rows older than this many days are deleted (nil: kept).
-        public var days: Double?
-        /// Only the newest this many rows are kept (nil: no cap).
-        public var rows: Int?
-        public init(days: Double? = 30, rows: Int? = 1_000_000) {
-            self.days = days
-            self.rows = rows
-        }
-    }
-
-    public struct MaintenanceReport: Sendable {
-        public var deleted = 0
-        public var completed = 0
-        public var walBytes: Int64 = 0
     }
 
     /// The periodic upkeep of the log: rows whose completion failed are written,
     /// finished rows beyond the retention are deleted (`running` rows never are), and
     /// the WAL is checkpointed and truncated.
     @discardableResult
-    public func maintain(_ retention: Retention, now: Date = Date()) async throws -> MaintenanceReport {
+    public func maintain(_ retention: Retention, now: Date) async throws -> MaintenanceReport {
         var report = MaintenanceReport()
         let pending = unfinished.withLock { list in
             let all = list
@@ -203,25 +217,15 @@ public final class ExecutionStore: Sendable {
         }
     }
 
-    public struct ListQuery: Sendable {
-        public var limit = 50
-        public var before: Int64?
-        public var status: String?
-        public var containerName: String?
-        public var since: Date?
-        public var until: Date?
-        public init() {}
-    }
+    static let logColumns = ["id", "code", "created_at", "queued_at", "finished_at", "host", "log_truncated"]
 
-    static let listColumns = """
-        id, container_id, container_name, success, status, exit_code, signal, execution_time,
-        cpu_user_time, cpu_system_time, cpu_percent, memory_usage, memory_peak, memory_percent, memory_limit,
-        block_io_read, block_io_write, network_io_rx, network_io_tx, pids_count, oom_killed, timed_out,
-        log_truncated, created_at, queued_at, started_at, finished_at, host
-        """
+    /// The list's columns: the log's own but `code`, and the result's summary fields.
+    static let listColumns = (logColumns.filter { $0 != "code" }
+        + ExecutionResult.schema.filter { $0.storage == .summary }.map(\.name)).joined(separator: ", ")
+    static let detailColumns = (logColumns + storedFields.map(\.name)).joined(separator: ", ")
 
     /// Newest first; `before` is the cursor (an id).
-    public func list(_ q: ListQuery) async throws -> [[String: Any]] {
+    public func list(_ q: LogQuery) async throws -> [ExecutionRecord] {
         var clauses: [String] = []
         var args: [any DatabaseValueConvertible] = []
         if let b = q.before { clauses.append("id < ?"); args.append(b) }
@@ -230,22 +234,21 @@ public final class ExecutionStore: Sendable {
         if let s = q.since { clauses.append("created_at >= ?"); args.append(s) }
         if let u = q.until { clauses.append("created_at < ?"); args.append(u) }
         let whereSQL = clauses.isEmpty ? "" : "WHERE " + clauses.joined(separator: " AND ")
-        let sql = "SELECT \(Self.listColumns) FROM execution_logs \(whereSQL) ORDER BY id DESC LIMIT \(q.limit)"
+        let sql = "SELECT \(Self.listColumns) FROM execution_logs \(whereSQL) ORDER BY id DESC LIMIT \(max(0, q.limit))"
         let arguments = StatementArguments(args.map { Optional($0) as (any DatabaseValueConvertible)? })
         return try await pool.read { db in
-            Unchecked(try Row.fetchAll(db, sql: sql, arguments: arguments).map(Self.json))
-        }.value
+            try Row.fetchAll(db, sql: sql, arguments: arguments).map { Self.record($0, detail: false) }
+        }
     }
 
-    public func get(id: Int64) async throws -> [String: Any]? {
+    public func get(id: Int64) async throws -> ExecutionRecord? {
         try await pool.read { db in
-            Unchecked(try Row.fetchOne(db, sql: "SELECT * FROM execution_logs WHERE id = ?", arguments: [id]).map(Self.json))
-        }.value
+            try Row.fetchOne(db, sql: "SELECT \(Self.detailColumns) FROM execution_logs WHERE id = ?", arguments: [id])
+                .map { Self.record($0, detail: true) }
+        }
     }
 
-    /// Aggregates over a time window: count, success rate, p50/p95/max of execution
-    /// time, CPU time (user + system) and memory peak.
-    public func stats(since: Date?, until: Date?) async throws -> [String: Any] {
+    public func samples(since: Date?, until: Date?) async throws -> [RunSample] {
         var clauses: [String] = ["status NOT IN ('running')"]
         var args: [any DatabaseValueConvertible] = []
         if let s = since { clauses.append("created_at >= ?"); args.append(s) }
@@ -253,56 +256,33 @@ public final class ExecutionStore: Sendable {
         let sql = "SELECT success, execution_time, cpu_user_time, cpu_system_time, memory_peak FROM execution_logs WHERE "
             + clauses.joined(separator: " AND ")
         let arguments = StatementArguments(args.map { Optional($0) as (any DatabaseValueConvertible)? })
-        let rows = try await pool.read { db in Unchecked(try Row.fetchAll(db, sql: sql, arguments: arguments)) }.value
-        let count = rows.count
-        let successes = rows.filter { ($0["success"] as Bool?) == true }.count
-        func summary(_ values: [Double]) -> [String: Any] {
-            let v = values.sorted()
-            guard !v.isEmpty else { return ["p50": NSNull(), "p95": NSNull(), "max": NSNull()] }
-            func pct(_ p: Double) -> Double { v[min(v.count - 1, Int((p * Double(v.count)).rounded(.up)) - 1)] }
-            return ["p50": pct(0.5), "p95": pct(0.95), "max": v.last!]
-        }
-        let exec = rows.compactMap { $0["execution_time"] as Double? }
-        let cpu = rows.compactMap { r -> Double? in
-            guard let u = r["cpu_user_time"] as Double?, let s = r["cpu_system_time"] as Double? else { return nil }
-            return u + s
-        }
-        let mem = rows.compactMap { ($0["memory_peak"] as Int64?).map(Double.init) }
-        return [
-            "count": count,
-            "success_rate": count > 0 ? Double(successes) / Double(count) : NSNull(),
-            "execution_time": summary(exec),
-            "cpu_time": summary(cpu),
-            "memory_peak": summary(mem),
-            "since": since.map(ExecutionResult.timestamp) ?? NSNull(),
-            "until": until.map(ExecutionResult.timestamp) ?? NSNull(),
-        ]
-    }
-
-    /// A row as a JSON object (booleans as booleans, dates as RFC 3339 strings).
-    static func json(_ row: Row) -> [String: Any] {
-        var out: [String: Any] = [:]
-        let booleans: Set<String> = ["success", "oom_killed", "timed_out", "log_truncated"]
-        for (name, value) in row {
-            switch value.storage {
-            case .null: out[name] = NSNull()
-            case .int64(let i): out[name] = booleans.contains(name) ? (i != 0) as Any : i as Any
-            case .double(let d): out[name] = d
-            case .string(let s):
-                if ["created_at", "queued_at", "started_at", "finished_at"].contains(name), let d = Date.fromDatabaseValue(value) {
-                    out[name] = ExecutionResult.timestamp(d)
-                } else {
-                    out[name] = s
-                }
-            case .blob(let b): out[name] = String(decoding: b, as: UTF8.self)
+        return try await pool.read { db in
+            try Row.fetchAll(db, sql: sql, arguments: arguments).map { r in
+                func value(_ name: String) -> DatabaseValue { r[name] as DatabaseValue? ?? .null }
+                let user = Double.fromDatabaseValue(value("cpu_user_time")), system = Double.fromDatabaseValue(value("cpu_system_time"))
+                return RunSample(success: Bool.fromDatabaseValue(value("success")),
+                                 executionTime: Double.fromDatabaseValue(value("execution_time")),
+                                 cpuTime: user.flatMap { u in system.map { u + $0 } },
+                                 memoryPeak: Int64.fromDatabaseValue(value("memory_peak")))
             }
         }
-        return out
     }
-}
 
-/// Carries a value out of a database closure; the value is built and used by one task at a time.
-struct Unchecked<T>: @unchecked Sendable {
-    let value: T
-    init(_ value: T) { self.value = value }
+    /// A row as a typed record.
+    static func record(_ row: Row, detail: Bool) -> ExecutionRecord {
+        // Converted without GRDB's trapping subscripts: a legacy row may hold anything.
+        func value(_ name: String) -> DatabaseValue { row[name] as DatabaseValue? ?? .null }
+        var rec = ExecutionRecord(id: Int64.fromDatabaseValue(value("id")) ?? 0)
+        rec.isDetail = detail
+        rec.code = String.fromDatabaseValue(value("code"))
+        rec.createdAt = Date.fromDatabaseValue(value("created_at"))
+        rec.queuedAt = Date.fromDatabaseValue(value("queued_at"))
+        rec.finishedAt = Date.fromDatabaseValue(value("finished_at"))
+        rec.host = String.fromDatabaseValue(value("host"))
+        rec.logTruncated = Bool.fromDatabaseValue(value("log_truncated"))
+        for f in storedFields where detail || f.storage == .summary {
+            rec.values[f.name] = fieldValue(f, value(f.name))
+        }
+        return rec
+    }
 }

@@ -102,7 +102,7 @@ struct ServiceBasicsTests {
             #expect((obj?["detail"] as? String)?.isEmpty == false)
             #expect(openAPI.validate(obj ?? [:], path: "/execute", method: "post", status: 400).isEmpty)
             // nothing was run or logged
-            #expect(try await svc.store.list(.init()).isEmpty)
+            #expect(dicts(try await svc.store.list(.init())).isEmpty)
         }
     }
 
@@ -306,13 +306,13 @@ struct ServiceRunTests {
             unlink(filler)
             let after = try await client.post("/execute", #"{"code": "print(3)", "container_name": "after"}"#)
             #expect(after.status == .ok)
-            let rows = try await svc.store.list(.init())
+            let rows = dicts(try await svc.store.list(.init()))
             #expect(rows.compactMap { $0["container_name"] as? String } == ["after", "before"])
             #expect(rows.allSatisfy { $0["status"] as? String == "ok" })
             let check = try await svc.store.pool.read { db in try String.fetchOne(db, sql: "PRAGMA integrity_check") }
             #expect(check == "ok")
             let beforeID = try #require(rows.last?["id"] as? Int64)
-            let before = try #require(try await svc.store.get(id: beforeID))
+            let before = try #require(dict(try await svc.store.get(id: beforeID)))
             #expect(before["output"] as? String == "1\n")
         }
     }
@@ -322,7 +322,7 @@ struct ServiceRunTests {
         try await withService { client, svc in
             let r = json(try await client.post("/execute", #"{"code": "import time\ntime.sleep(5)", "time_limit": 0.3}"#).body) as? [String: Any]
             #expect(r?["status"] as? String == "timeout")
-            let rows = try await svc.store.list(.init())
+            let rows = dicts(try await svc.store.list(.init()))
             #expect(rows.first?["status"] as? String == "timeout")
             #expect(rows.first?["timed_out"] as? Bool == true)
         }
@@ -350,7 +350,7 @@ struct ServiceRunTests {
             #expect(refused.count == 3)
             #expect(refused.allSatisfy { $0.1 == "1" })
             #expect(ok + refused.count == 5)
-            let rows = try await svc.store.list(.init())
+            let rows = dicts(try await svc.store.list(.init()))
             #expect(rows.count == ok)  // every run that started is logged; refused ones never started
             let metrics = svc.metrics.text()
             #expect(metrics.contains("sandpit_rejections_total 3"))
@@ -408,7 +408,7 @@ struct ServiceProcessTests {
         let store = try ExecutionStore(path: db)
         var containerID = ""
         for _ in 0..<400 {
-            if let row = try await store.list(.init()).first, row["status"] as? String == "running",
+            if let row = dicts(try await store.list(.init())).first, row["status"] as? String == "running",
                let cid = row["container_id"] as? String {
                 containerID = cid
                 if !processes(matching: marker).isEmpty { break }
@@ -455,7 +455,7 @@ struct ServiceProcessTests {
         #expect(s2 == 200 && b2.contains("stopped: the service shut down"))
         server.process.waitUntilExit()
         #expect(server.process.terminationStatus == 0)
-        let rows = try await ExecutionStore(path: db).list(.init())
+        let rows = dicts(try await ExecutionStore(path: db).list(.init()))
         #expect(Set(rows.compactMap { $0["status"] as? String }) == ["ok", "internal_error"])
     }
 }
@@ -596,7 +596,7 @@ struct HTTPLimitsTests {
             let chunk = "3e8\r\n" + String(repeating: "y", count: 1000) + "\r\n"
             let c = await rawExchange(port: port, "POST /execute HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\(header)\r\n" + chunk + chunk + "0\r\n\r\n")
             #expect(c.status == 413 && c.closed, "\(c)")
-            #expect(try await svc.store.list(.init()).isEmpty)
+            #expect(dicts(try await svc.store.list(.init())).isEmpty)
         }
     }
 
@@ -675,13 +675,13 @@ struct LogRetentionTests {
         let long = "é" + String(repeating: "x", count: 100)  // a 2-byte character at the start
         let id = try await store.begin(code: "c", name: "t", containerID: "a", queuedAt: Date(), startedAt: Date())
         try await store.finish(id: id, result: result(long, error: "short"), finishedAt: Date())
-        let row = try #require(try await store.get(id: id))
+        let row = try #require(dict(try await store.get(id: id)))
         #expect(row["output"] as? String == "é" + String(repeating: "x", count: 8))
         #expect(row["error"] as? String == "short")
         #expect(row["log_truncated"] as? Bool == true)
         let id2 = try await store.begin(code: "c", name: "t", containerID: "b", queuedAt: Date(), startedAt: Date())
         try await store.finish(id: id2, result: result("fits"), finishedAt: Date())
-        #expect(try await store.get(id: id2)?["log_truncated"] as? Bool == false)
+        #expect(dict(try await store.get(id: id2))?["log_truncated"] as? Bool == false)
         // A cut never splits a character: it backs off to the start of a UTF-8 sequence.
         #expect(ExecutionStore.capped("aé", 2) == ("a", true))
         #expect(ExecutionStore.capped("🙂🙂", 7) == ("🙂", true))
@@ -697,11 +697,11 @@ struct LogRetentionTests {
         let id = try await store.begin(code: "c", name: "late", containerID: "x", queuedAt: Date(), startedAt: Date())
         // As finish() leaves it when the database cannot be written.
         store.unfinished.withLock { $0.append((id, result("done"), Date())) }
-        #expect(try await store.get(id: id)?["status"] as? String == "running")
+        #expect(dict(try await store.get(id: id))?["status"] as? String == "running")
         let r = try await store.maintain(.init(days: nil, rows: nil))
         #expect(r.completed == 1)
-        #expect(try await store.get(id: id)?["status"] as? String == "ok")
-        #expect(try await store.get(id: id)?["output"] as? String == "done")
+        #expect(dict(try await store.get(id: id))?["status"] as? String == "ok")
+        #expect(dict(try await store.get(id: id))?["output"] as? String == "done")
     }
 
     @Test func retentionDeletesOldAndExcessRowsButNeverRunningOnes() async throws {
@@ -717,7 +717,7 @@ struct LogRetentionTests {
             if i != 1 { try await store.finish(id: id, result: result("\(i)"), finishedAt: at) }
         }
         let r = try await store.maintain(.init(days: 30, rows: 4), now: now)
-        let left = try await store.list(.init()).compactMap { $0["container_name"] as? String }
+        let left = dicts(try await store.list(.init())).compactMap { $0["container_name"] as? String }
         // 3 old finished rows are past 30 days; of the rest, only the newest 4 (plus the running one) stay.
         #expect(left == ["r9", "r8", "r7", "r6", "r1"], "\(left)")
         #expect(r.deleted == 5)
@@ -726,3 +726,32 @@ struct LogRetentionTests {
         #expect(again.deleted == 0)
     }
 }
+
+extension ServiceContext {
+    /// The SQLite log the service opened (for checks below the protocol).
+    var store: ExecutionStore { log as! ExecutionStore }
+}
+
+/// A record as a dictionary of JSON-like values (Int64, Double, Bool, String, NSNull).
+func dict(_ r: ExecutionRecord?) -> [String: Any]? {
+    guard let r else { return nil }
+    var out: [String: Any] = ["id": r.id]
+    func any(_ v: FieldValue) -> Any {
+        switch v {
+        case .string(let s): s.map { $0 as Any } ?? NSNull()
+        case .bool(let b): b.map { $0 as Any } ?? NSNull()
+        case .int(let i): i.map { $0 as Any } ?? NSNull()
+        case .double(let d): d.map { $0 as Any } ?? NSNull()
+        }
+    }
+    for (k, v) in r.values { out[k] = any(v) }
+    if r.isDetail { out["code"] = r.code ?? NSNull() }
+    out["log_truncated"] = r.logTruncated ?? NSNull()
+    out["host"] = r.host ?? NSNull()
+    for (k, d) in [("created_at", r.createdAt), ("queued_at", r.queuedAt), ("finished_at", r.finishedAt)] {
+        out[k] = d.map(ExecutionResult.timestamp) ?? NSNull()
+    }
+    return out
+}
+
+func dicts(_ rs: [ExecutionRecord]) -> [[String: Any]] { rs.compactMap(dict) }

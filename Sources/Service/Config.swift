@@ -1,0 +1,44 @@
+import Foundation
+import Sandbox
+
+/// Everything `sandpit serve` is configured with.
+public struct ServiceConfig: Sendable {
+    public var host = "127.0.0.1"
+    public var port = 8787
+    public var databasePath: String
+    public var maxConcurrency = max(1, ProcessInfo.processInfo.activeProcessorCount)
+    public var queueSize = 16
+    public var maxBodyBytes = 1 << 20
+    public var token: String?
+    public var ranges = LimitRanges()
+    /// After SIGTERM: how long in-flight runs may go on before they are killed.
+    public var graceSeconds: Double = 10
+    /// The sandbox's state directory (scratch templates, run roots).
+    public var stateDirectory = SandboxSettings().stateDirectory
+    /// How long the log keeps rows (see `Retention`).
+    public var retention = Retention()
+    /// Bytes of stdout and of stderr stored per row (responses are not cut).
+    public var logOutputLimit = 256 << 10
+    /// How often retention, pending row completions and the WAL checkpoint run.
+    public var maintenanceInterval: Duration = .seconds(60)
+    /// A request's head and body must arrive within this time of its first byte.
+    public var readTimeout: Duration = .seconds(10)
+    /// A kept-alive connection with no request in progress is closed after this.
+    public var idleTimeout: Duration = .seconds(60)
+    /// Open connections at most; one more is closed as soon as it is accepted.
+    public var maxConnections = 4096
+
+    public init(databasePath: String) {
+        self.databasePath = databasePath
+    }
+
+    /// Refuses to listen beyond loopback without a token.
+    public func validate() throws {
+        let loopback = host == "127.0.0.1" || host == "::1" || host == "localhost" || host.hasPrefix("127.")
+        if !loopback && (token ?? "").isEmpty {
+            throw APIError(.internalServerError, "config",
+                           "refusing to listen on \(host) without a token (set SANDPIT_TOKEN or --token-file)")
+        }
+    }
+}
+

@@ -1,0 +1,74 @@
+import Foundation
+import Logging
+import Sandbox
+import Synchronization
+
+/// The service's parts, shared by the routes.
+public final class ServiceContext: Sendable {
+    public let config: ServiceConfig
+    public let sandbox: Sandbox
+    /// The execution log; routes use only the protocol.
+    public let log: any ExecutionLog
+    public let admission: Admission
+    public let metrics: ServiceMetrics
+    public let logger: Logger
+    public let connections: ConnectionLimiter
+    let maintenance = Mutex<Task<Void, Never>?>(nil)
+
+    public init(config: ServiceConfig, sandbox: Sandbox, log: any ExecutionLog, logger: Logger) {
+        self.config = config
+        self.sandbox = sandbox
+        self.log = log
+        admission = Admission(maxConcurrency: config.maxConcurrency, queueSize: config.queueSize)
+        metrics = ServiceMetrics()
+        connections = ConnectionLimiter(max: config.maxConnections)
+        self.logger = logger
+    }
+
+    /// Runs the log's upkeep now and then every `maintenanceInterval` until `close()`.
+    func startMaintenance() {
+        let task = Task { [self] in
+            while !Task.isCancelled {
+                do {
+                    let r = try await log.maintain(config.retention)
+                    if r.deleted > 0 || r.completed > 0 {
+                        logger.info("log upkeep: \(r.deleted) row(s) past retention deleted, \(r.completed) pending row(s) completed")
+                    }
+                } catch {
+                    logger.error("log upkeep failed (retried in \(config.maintenanceInterval)): \(error)")
+                }
+                try? await Task.sleep(for: config.maintenanceInterval)
+            }
+        }
+        maintenance.withLock { $0 = task }
+    }
+
+    /// Stops the upkeep task (the service is shutting down).
+    public func close() async {
+        let task = maintenance.withLock { t -> Task<Void, Never>? in
+            defer { t = nil }
+            return t
+        }
+        task?.cancel()
+        await task?.value
+    }
+
+    /// Opens the database, applies the migrations, marks runs of a crashed previous
+    /// instance as interrupted and sweeps their cgroups.
+    public static func open(config: ServiceConfig, logger: Logger) async throws -> ServiceContext {
+        try config.validate()
+        let log: any ExecutionLog = try ExecutionStore(path: config.databasePath, outputLimit: config.logOutputLimit)
+        try log.prepare { logger.info("migrate: \($0)") }
+        var settings = SandboxSettings(stateDirectory: config.stateDirectory)
+        settings.spareCgroup = true  // `serve` and the tests call sandbox.shutdown() at the end
+        let sandbox = Sandbox(settings: settings, logger: logger)
+        let interrupted = try await log.markInterrupted()
+        if interrupted > 0 { logger.warning("marked \(interrupted) run(s) of a previous instance as interrupted") }
+        sandbox.sweepStale()
+        sandbox.warmUp()  // the launcher and the first run's resources, on a thread of its own
+        let svc = ServiceContext(config: config, sandbox: sandbox, log: log, logger: logger)
+        svc.startMaintenance()
+        return svc
+    }
+}
+

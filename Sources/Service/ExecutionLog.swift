@@ -1,0 +1,188 @@
+import Foundation
+import Sandbox
+
+/// Where runs are logged. The service talks to the log only through this protocol
+/// (SQLite is `ExecutionStore`; another backend is another conformance, and the
+/// storage tests in `ExecutionLogContract` run against any of them).
+public protocol ExecutionLog: Sendable {
+    /// Brings the log to the current schema; `progress` receives one line per step.
+    @discardableResult
+    func prepare(progress: @escaping (String) -> Void) throws -> MigrationReport
+    /// Records a run that is about to start (status `running`); returns its id.
+    func begin(code: String, name: String, containerID: String, queuedAt: Date, startedAt: Date) async throws -> Int64
+    /// Completes a run's record. A result that cannot be written yet is kept and written
+    /// by a later `maintain` (the error is still thrown, for the caller to log).
+    func finish(id: Int64, result: ExecutionResult, finishedAt: Date) async throws
+    /// Records of this host still `running` belong to an instance that died: marks
+    /// them `interrupted` and returns how many.
+    @discardableResult
+    func markInterrupted() async throws -> Int
+    /// Pending completions, retention, and the backend's own upkeep.
+    @discardableResult
+    func maintain(_ retention: Retention, now: Date) async throws -> MaintenanceReport
+    /// Summaries (no code, output or error), newest first.
+    func list(_ query: LogQuery) async throws -> [ExecutionRecord]
+    /// One full record.
+    func get(id: Int64) async throws -> ExecutionRecord?
+    /// The numbers `ExecutionStats` aggregates, of finished runs created in the window.
+    func samples(since: Date?, until: Date?) async throws -> [RunSample]
+}
+
+extension ExecutionLog {
+    @discardableResult
+    public func maintain(_ retention: Retention) async throws -> MaintenanceReport {
+        try await maintain(retention, now: Date())
+    }
+}
+
+public struct MigrationReport: Sendable {
+    public var createdTable = false
+    public var addedColumns: [String] = []
+    public var rows = 0
+    public var nothingToDo: Bool { !createdTable && addedColumns.isEmpty }
+    public init() {}
+}
+
+public struct Retention: Sendable {
+    /// Finished records older than this many days are deleted (nil: kept).
+    public var days: Double?
+    /// Only the newest this many records are kept (nil: no cap).
+    public var rows: Int?
+    public init(days: Double? = 30, rows: Int? = 1_000_000) {
+        self.days = days
+        self.rows = rows
+    }
+}
+
+public struct MaintenanceReport: Sendable {
+    public var deleted = 0
+    public var completed = 0
+    /// Bytes of the SQLite write-ahead log after the checkpoint (0 for other backends).
+    public var walBytes: Int64 = 0
+    public init() {}
+}
+
+public struct LogQuery: Sendable {
+    public var limit = 50
+    /// The cursor: only ids below it.
+    public var before: Int64?
+    public var status: String?
+    public var containerName: String?
+    public var since: Date?
+    public var until: Date?
+    public init() {}
+}
+
+/// A logged run: the result's stored fields (by name, typed by `ExecutionResult.schema`)
+/// and the log's own columns. A legacy row has nulls where it predates a field.
+public struct ExecutionRecord: Sendable, Equatable {
+    public var id: Int64
+    /// The result's fields that have a column; summaries leave out the `.detail` ones.
+    public var values: [String: FieldValue] = [:]
+    /// The program (full records only).
+    public var code: String?
+    public var createdAt: Date?
+    public var queuedAt: Date?
+    public var finishedAt: Date?
+    public var host: String?
+    public var logTruncated: Bool?
+    /// Whether this is a full record (code, output, error) or a summary.
+    public var isDetail = false
+
+    public init(id: Int64) { self.id = id }
+
+    public subscript(_ field: String) -> FieldValue? { values[field] }
+
+    public var status: String? { if case .string(let s)? = values["status"] { s } else { nil } }
+    public var containerName: String? { if case .string(let s)? = values["container_name"] { s } else { nil } }
+    public var output: String? { if case .string(let s)? = values["output"] { s } else { nil } }
+    public var success: Bool? { if case .bool(let b)? = values["success"] { b } else { nil } }
+
+    /// The record as the API answers it: `id`, the result's fields in their order, then
+    /// the log's columns; a full record has `code` too.
+    public func json() -> String {
+        var w = JSONWriter()
+        w.field("id", id)
+        if isDetail { w.field("code", code) }
+        for f in ExecutionResult.schema where f.storage == .summary || (isDetail && f.storage == .detail) {
+            w.field(f.name, values[f.name] ?? .string(nil))
+        }
+        w.field("log_truncated", logTruncated.map { FieldValue.bool($0) } ?? .bool(nil))
+        w.field("created_at", createdAt.map(ExecutionResult.timestamp))
+        w.field("queued_at", queuedAt.map(ExecutionResult.timestamp))
+        w.field("finished_at", finishedAt.map(ExecutionResult.timestamp))
+        w.field("host", host)
+        return w.finish()
+    }
+}
+
+/// What the stats of a window are computed from, per finished run.
+public struct RunSample: Sendable, Equatable {
+    public var success: Bool?
+    public var executionTime: Double?
+    /// User + system CPU seconds (nil when either is unknown).
+    public var cpuTime: Double?
+    public var memoryPeak: Int64?
+    public init(success: Bool?, executionTime: Double?, cpuTime: Double?, memoryPeak: Int64?) {
+        self.success = success
+        self.executionTime = executionTime
+        self.cpuTime = cpuTime
+        self.memoryPeak = memoryPeak
+    }
+}
+
+/// Aggregates over a window: count, success rate, p50/p95/max of execution time, CPU
+/// time and memory peak. Pure: any backend hands its samples to `summarize`.
+public struct ExecutionStats: Sendable, Equatable {
+    public struct Summary: Sendable, Equatable {
+        public var p50: Double?
+        public var p95: Double?
+        public var max: Double?
+    }
+
+    public var count: Int
+    public var successRate: Double?
+    public var executionTime: Summary
+    public var cpuTime: Summary
+    public var memoryPeak: Summary
+    public var since: Date?
+    public var until: Date?
+
+    /// Nearest-rank percentiles (the value at rank ⌈p·n⌉ of the sorted list).
+    public static func summary(_ values: [Double]) -> Summary {
+        let v = values.sorted()
+        guard let last = v.last else { return Summary() }
+        func pct(_ p: Double) -> Double { v[Swift.min(v.count - 1, Swift.max(0, Int((p * Double(v.count)).rounded(.up)) - 1))] }
+        return Summary(p50: pct(0.5), p95: pct(0.95), max: last)
+    }
+
+    public static func summarize(_ samples: [RunSample], since: Date?, until: Date?) -> ExecutionStats {
+        let successes = samples.filter { $0.success == true }.count
+        return ExecutionStats(
+            count: samples.count,
+            successRate: samples.isEmpty ? nil : Double(successes) / Double(samples.count),
+            executionTime: summary(samples.compactMap(\.executionTime)),
+            cpuTime: summary(samples.compactMap(\.cpuTime)),
+            memoryPeak: summary(samples.compactMap { $0.memoryPeak.map(Double.init) }),
+            since: since, until: until)
+    }
+
+    public func json() -> String {
+        func obj(_ s: Summary) -> String {
+            var w = JSONWriter()
+            w.field("p50", s.p50)
+            w.field("p95", s.p95)
+            w.field("max", s.max)
+            return w.finish()
+        }
+        var w = JSONWriter()
+        w.field("count", Int64(count))
+        w.field("success_rate", successRate)
+        w.field("execution_time", json: obj(executionTime))
+        w.field("cpu_time", json: obj(cpuTime))
+        w.field("memory_peak", json: obj(memoryPeak))
+        w.field("since", since.map(ExecutionResult.timestamp))
+        w.field("until", until.map(ExecutionResult.timestamp))
+        return w.finish()
+    }
+}

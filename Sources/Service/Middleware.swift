@@ -1,0 +1,46 @@
+import HTTPTypes
+import Hummingbird
+
+/// Requires `Authorization: Bearer <token>` on every route but /health.
+struct TokenMiddleware<Context: RequestContext>: RouterMiddleware {
+    let token: String
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        if request.uri.path == "/health" { return try await next(request, context) }
+        let given = request.headers[.authorization] ?? ""
+        let expected = "Bearer " + token
+        // constant-time comparison
+        var diff = UInt8(given.utf8.count == expected.utf8.count ? 0 : 1)
+        for (a, b) in zip(given.utf8, expected.utf8) { diff |= a ^ b }
+        guard diff == 0 else {
+            var e = APIError(.unauthorized, "unauthorized", "a valid 'Authorization: Bearer <token>' header is required")
+            e.headers[.wwwAuthenticate] = "Bearer"
+            throw e
+        }
+        return try await next(request, context)
+    }
+}
+
+/// A method the document does not list on a path it does: 405 with `Allow`, as
+/// RFC 9110 has it (the router alone answers 404).
+struct MethodMiddleware<Context: RequestContext>: RouterMiddleware {
+    static func allowed(_ path: String) -> String? {
+        switch path {
+        case "/execute": "POST"
+        case "/executions", "/executions/stats", "/health", "/metrics", "/openapi.json": "GET, HEAD"
+        default: path.hasPrefix("/executions/") && !path.dropFirst(12).contains("/") ? "GET, HEAD" : nil
+        }
+    }
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        do {
+            return try await next(request, context)
+        } catch let e as HTTPError where e.status == .notFound {
+            guard let allow = Self.allowed(request.uri.path) else { throw e }
+            var err = APIError(.methodNotAllowed, "method_not_allowed", "\(request.method) is not allowed on \(request.uri.path); allowed: \(allow)")
+            err.headers[.allow] = allow
+            throw err
+        }
+    }
+}
+

@@ -1,0 +1,130 @@
+import Foundation
+import Hummingbird
+import Sandbox
+
+/// The JSON type of a value, for error messages (`'code' must be a string, not number`).
+enum JSONKind: String, Decodable {
+    case null, boolean, number, string, array, object
+
+    init(from decoder: any Decoder) throws {
+        let c = try decoder.singleValueContainer()
+        if c.decodeNil() { self = .null }
+        else if (try? c.decode(Bool.self)) != nil { self = .boolean }
+        else if (try? c.decode(Double.self)) != nil { self = .number }
+        else if (try? c.decode(String.self)) != nil { self = .string }
+        else if (try? c.decode([JSONKind].self)) != nil { self = .array }
+        else { _ = try c.decode([String: JSONKind].self); self = .object }
+    }
+}
+
+/// A POST /execute body, decoded strictly: unknown fields, wrong types and (in
+/// `request(ranges:)`) values out of range are 400s that name the field.
+struct ExecuteBody: Decodable {
+    static let known: Set<String> = ["code", "stdin", "args", "container_name", "time_limit", "cpu_limit",
+                                     "memory_limit", "pids_limit", "output_limit", "runtime"]
+
+    var code: String
+    var stdin: String?
+    var args: [String]?
+    var containerName: String?
+    var timeLimit: Double?
+    var cpuLimit: Double?
+    var memoryLimit: Double?
+    var pidsLimit: Double?
+    var outputLimit: Double?
+    var runtime: String?
+
+    static func invalid(_ detail: String) -> APIError { APIError(.badRequest, "invalid_request", detail) }
+
+    init(from decoder: any Decoder) throws {
+        guard let c = try? decoder.container(keyedBy: AnyKey.self) else {
+            let kind = try decoder.singleValueContainer().decode(JSONKind.self)
+            throw Self.invalid("the body must be a JSON object, not \(kind.rawValue)")
+        }
+        if let unknown = c.allKeys.first(where: { !Self.known.contains($0.stringValue) }) {
+            throw Self.invalid("unknown field '\(unknown.stringValue)'")
+        }
+        /// The value at `name` as `T`, nil when absent or null (unless `required`).
+        func field<T: Decodable>(_ name: String, _ type: T.Type, _ what: String, required: Bool = false) throws -> T? {
+            let key = AnyKey(name)
+            guard c.contains(key) else {
+                if required { throw Self.invalid("'\(name)' is required") }
+                return nil
+            }
+            if !required, try c.decodeNil(forKey: key) { return nil }
+            if let v = try? c.decode(T.self, forKey: key) { return v }
+            let kind = try c.decode(JSONKind.self, forKey: key)
+            throw Self.invalid("'\(name)' must be \(what), not \(kind.rawValue)")
+        }
+        code = try field("code", String.self, "a string", required: true)!
+        stdin = try field("stdin", String.self, "a string")
+        containerName = try field("container_name", String.self, "a string")
+        runtime = try field("runtime", String.self, "a string")
+        if c.contains(AnyKey("args")), try !c.decodeNil(forKey: AnyKey("args")) {
+            guard let items = try? c.decode([JSONKind].self, forKey: AnyKey("args")) else {
+                let kind = try c.decode(JSONKind.self, forKey: AnyKey("args"))
+                throw Self.invalid("'args' must be an array of strings, not \(kind.rawValue)")
+            }
+            guard let strings = try? c.decode([String].self, forKey: AnyKey("args")), strings.count == items.count else {
+                throw Self.invalid("'args' must be an array of strings")
+            }
+            args = strings
+        }
+        timeLimit = try field("time_limit", Double.self, "a number")
+        cpuLimit = try field("cpu_limit", Double.self, "a number")
+        memoryLimit = try field("memory_limit", Double.self, "a number")
+        pidsLimit = try field("pids_limit", Double.self, "a number")
+        outputLimit = try field("output_limit", Double.self, "a number")
+    }
+
+    /// Decodes a body: invalid JSON is `invalid_json`, the rest as above.
+    static func decode(_ body: ByteBuffer) throws -> ExecuteBody {
+        do {
+            return try JSONDecoder().decode(ExecuteBody.self, from: Data(buffer: body))
+        } catch let e as APIError {
+            throw e
+        } catch {
+            throw APIError(.badRequest, "invalid_json", "the body is not valid JSON")
+        }
+    }
+
+    /// The request, with every value checked against the service's ranges.
+    func request(ranges: LimitRanges) throws -> ExecutionRequest {
+        var req = ExecutionRequest(code: code)
+        func ranged(_ key: String, _ v: Double?, _ range: ClosedRange<Double>) throws -> Double? {
+            guard let v else { return nil }
+            guard range.contains(v) else {
+                throw APIError(.badRequest, "limit_out_of_range", "'\(key)' must be between \(range.lowerBound) and \(range.upperBound)")
+            }
+            return v
+        }
+        func integer(_ key: String, _ v: Double?, _ range: ClosedRange<Double>) throws -> UInt64? {
+            guard let d = try ranged(key, v, range) else { return nil }
+            guard d == d.rounded() else { throw Self.invalid("'\(key)' must be an integer") }
+            return UInt64(d)
+        }
+        if let name = runtime {
+            guard let rt = Runtime.builtIn[name] else {
+                let names = Runtime.builtIn.keys.sorted().joined(separator: ", ")
+                throw Self.invalid("unknown runtime '\(name)' (known: \(names))")
+            }
+            req.runtime = rt
+        }
+        if let s = stdin { req.stdin = Array(s.utf8) }
+        if let n = containerName {
+            // Counted as JSON Schema's maxLength counts: in Unicode code points.
+            guard !n.isEmpty, n.unicodeScalars.count <= 256 else {
+                throw Self.invalid("'container_name' must have 1 to 256 characters")
+            }
+            req.name = n
+        }
+        if let a = args { req.args = a }
+        if let v = try ranged("time_limit", timeLimit, ranges.wallSeconds) { req.limits.wallSeconds = v }
+        if let v = try ranged("cpu_limit", cpuLimit, ranges.cpuSeconds) { req.limits.cpuSeconds = v }
+        let mem = ranges.memoryBytes, pids = ranges.pids, out = ranges.outputBytes
+        if let v = try integer("memory_limit", memoryLimit, Double(mem.lowerBound)...Double(mem.upperBound)) { req.limits.memoryBytes = v }
+        if let v = try integer("pids_limit", pidsLimit, Double(pids.lowerBound)...Double(pids.upperBound)) { req.limits.pids = v }
+        if let v = try integer("output_limit", outputLimit, Double(out.lowerBound)...Double(out.upperBound)) { req.limits.outputBytes = Int(v) }
+        return req
+    }
+}

@@ -1,0 +1,202 @@
+import Foundation
+import GRDB
+import Hummingbird
+import Sandbox
+import Testing
+@testable import Service
+
+/// What every `ExecutionLog` backend must do. A new backend runs `check` with a
+/// factory of empty logs of its kind.
+enum ExecutionLogContract {
+    static func result(_ name: String, status: RunStatus = .ok, output: String = "out", seconds: Double = 0.1,
+                       cpu: Double? = 0.05, peak: Int64? = 5 << 20) -> ExecutionResult {
+        var r = ExecutionResult(containerID: "cid-" + name, containerName: name, startedAt: Date(timeIntervalSince1970: 1_764_000_000.5))
+        r.status = status
+        r.success = status == .ok
+        r.output = output
+        r.error = status == .ok ? nil : "Traceback"
+        r.exitCode = status == .ok ? 0 : 1
+        r.executionTime = seconds
+        r.cpuUserTime = cpu.map { $0 * 0.8 }
+        r.cpuSystemTime = cpu.map { $0 * 0.2 }
+        r.cpuPercent = cpu.map { $0 / seconds * 100 }
+        r.memoryPeak = peak
+        r.memoryLimit = 512 << 20
+        r.pidsCount = 1
+        r.timedOut = status == .timeout
+        return r
+    }
+
+    static func check(_ make: () throws -> any ExecutionLog) async throws {
+        let log = try make()
+        var lines: [String] = []
+        let first = try log.prepare { lines.append($0) }
+        #expect(first.createdTable || !first.addedColumns.isEmpty || first.nothingToDo)
+        #expect(try log.prepare { _ in }.nothingToDo)
+
+        // begin → running; finish → every stored field as written
+        let t0 = Date(timeIntervalSince1970: 1_764_000_000)
+        let id1 = try await log.begin(code: "print(1)", name: "a", containerID: "cid-a", queuedAt: t0, startedAt: t0)
+        #expect(try await log.get(id: id1)?.status == "running")
+        let r1 = result("a")
+        try await log.finish(id: id1, result: r1, finishedAt: t0.addingTimeInterval(1))
+        let full = try #require(try await log.get(id: id1))
+        #expect(full.isDetail && full.code == "print(1)" && full.output == "out")
+        for f in ExecutionResult.schema where f.storage != .none {
+            #expect(full[f.name] == f.value(of: r1), "\(f.name): \(String(describing: full[f.name])) != \(f.value(of: r1))")
+        }
+        #expect(full.finishedAt.map { abs($0.timeIntervalSince(t0) - 1) < 0.01 } == true)
+        #expect(full.logTruncated == false)
+
+        // a list of summaries, newest first, filters and the cursor
+        let id2 = try await log.begin(code: "x", name: "b", containerID: "cid-b", queuedAt: t0, startedAt: t0.addingTimeInterval(10))
+        try await log.finish(id: id2, result: result("b", status: .timeout, seconds: 2, cpu: 1.5, peak: 40 << 20), finishedAt: t0.addingTimeInterval(12))
+        let id3 = try await log.begin(code: "y", name: "a", containerID: "cid-c", queuedAt: t0, startedAt: t0.addingTimeInterval(20))
+        let all = try await log.list(LogQuery())
+        #expect(all.map(\.id) == [id3, id2, id1])
+        #expect(all.allSatisfy { !$0.isDetail && $0.code == nil && $0["output"] == nil })
+        var q = LogQuery()
+        q.containerName = "a"
+        #expect(try await log.list(q).map(\.id) == [id3, id1])
+        q = LogQuery()
+        q.status = "timeout"
+        #expect(try await log.list(q).map(\.id) == [id2])
+        q = LogQuery()
+        q.limit = 1
+        q.before = id3
+        #expect(try await log.list(q).map(\.id) == [id2])
+
+        // stats come from finished runs only
+        let samples = try await log.samples(since: nil, until: nil)
+        #expect(samples.count == 2)
+        let stats = ExecutionStats.summarize(samples, since: nil, until: nil)
+        #expect(stats.count == 2 && stats.successRate == 0.5)
+        #expect(stats.executionTime.max == 2 && stats.memoryPeak.max == Double(40 << 20))
+
+        // a crashed instance's running rows, then retention (never a running row)
+        #expect(try await log.markInterrupted() == 1)
+        #expect(try await log.get(id: id3)?.status == "interrupted")
+        let id4 = try await log.begin(code: "z", name: "d", containerID: "cid-d", queuedAt: t0, startedAt: t0)
+        let report = try await log.maintain(Retention(days: nil, rows: 2), now: Date())
+        #expect(report.deleted == 2)
+        #expect(try await log.list(LogQuery()).map(\.id) == [id4, id3])
+        #expect(try await log.get(id: id1) == nil)
+    }
+}
+
+@Suite("Storage: the ExecutionLog contract, the field list and the stats (real SQLite)")
+struct StorageTests {
+    func tempDB() -> String { NSTemporaryDirectory() + "sandpit-contract-\(UUID().uuidString)/executions.db" }
+
+    @Test func sqliteMeetsTheContract() async throws {
+        let path = tempDB()
+        defer { try? FileManager.default.removeItem(atPath: (path as NSString).deletingLastPathComponent) }
+        try await ExecutionLogContract.check { try ExecutionStore(path: path) }
+    }
+
+    @Test func everyStoredFieldHasItsColumn() throws {
+        let path = tempDB()
+        defer { try? FileManager.default.removeItem(atPath: (path as NSString).deletingLastPathComponent) }
+        let store = try ExecutionStore(path: path)
+        try store.prepare()
+        // A stored field without a column needs a migration in Schema.migrator.
+        #expect(try store.pool.read { try Schema.missingColumns($0) } == [])
+    }
+
+    @Test func percentilesAreNearestRank() {
+        let s = ExecutionStats.summary((1...100).map(Double.init).shuffled())
+        #expect(s.p50 == 50 && s.p95 == 95 && s.max == 100)
+        #expect(ExecutionStats.summary([7]) == .init(p50: 7, p95: 7, max: 7))
+        #expect(ExecutionStats.summary([]) == .init())
+        let none = ExecutionStats.summarize([], since: nil, until: nil)
+        #expect(none.count == 0 && none.successRate == nil)
+        let json = try? JSONSerialization.jsonObject(with: Data(none.json().utf8)) as? [String: Any]
+        #expect(json?["success_rate"] is NSNull)
+        #expect((json?["execution_time"] as? [String: Any])?["p95"] is NSNull)
+    }
+
+    /// The field list and openapi.json's ExecutionResult agree: names, order-free, types, nullability.
+    @Test func openAPIResultSchemaFollowsTheFieldList() throws {
+        let doc = try #require(try JSONSerialization.jsonObject(with: Data(OpenAPIDocument.json.utf8)) as? [String: Any])
+        let schemas = try #require((doc["components"] as? [String: Any])?["schemas"] as? [String: Any])
+        let result = try #require(schemas["ExecutionResult"] as? [String: Any])
+        let props = try #require(result["properties"] as? [String: [String: Any]])
+        #expect(Set(props.keys) == Set(ExecutionResult.schema.map(\.name)))
+        #expect(Set(result["required"] as? [String] ?? []) == Set(ExecutionResult.schema.map(\.name)))
+        for f in ExecutionResult.schema {
+            let t = props[f.name]?["type"]
+            let types = (t as? [String]) ?? (t as? String).map { [$0] } ?? []
+            #expect(Set(types) == Set([f.type.rawValue] + (f.nullable ? ["null"] : [])), "\(f.name): \(types)")
+        }
+        // The summary lists every summary field (nullable: legacy rows lack them).
+        let summary = try #require((schemas["ExecutionSummary"] as? [String: Any])?["properties"] as? [String: Any])
+        for f in ExecutionResult.schema where f.storage == .summary {
+            #expect(summary[f.name] != nil, "ExecutionSummary lacks \(f.name)")
+        }
+    }
+
+    /// The README's metric table has one row per metric, with its unit and v2/v1 sources.
+    @Test func readmeMetricTableFollowsTheFieldList() throws {
+        let readme = try String(contentsOfFile: #filePath.replacingOccurrences(of: "Tests/ServiceTests/StorageTests.swift", with: "README.md"), encoding: .utf8)
+        let rows = readme.split(separator: "\n").filter { $0.hasPrefix("| `") }
+        for f in ExecutionResult.schema where f.isMetric {
+            let row = try #require(rows.first { $0.hasPrefix("| `\(f.name)` |") }, "README has no metric row for \(f.name)")
+            let cells = row.split(separator: "|").map { $0.trimmingCharacters(in: .whitespaces) }
+            #expect(cells.count >= 4)
+            #expect(cells[1] == f.unit, "\(f.name): unit \(cells[1]) vs \(f.unit)")
+            if f.v2 != "derived" && f.v2 != "CLOCK_MONOTONIC" {
+                for token in f.v2.split(separator: " ") {
+                    #expect(cells[2].contains(token), "\(f.name): v2 column lacks \(token)")
+                }
+                for token in f.v1.split(separator: " ") {
+                    #expect(cells[3].contains(token) || cells[3] == "same", "\(f.name): v1 column lacks \(token)")
+                }
+            }
+        }
+    }
+}
+
+@Suite("Requests: Codable decoding with the API's messages (unit)")
+struct RequestDecodingTests {
+    func message(_ body: String) -> String? {
+        do {
+            _ = try ExecuteBody.decode(ByteBuffer(string: body)).request(ranges: LimitRanges())
+            return nil
+        } catch let e as APIError {
+            return "\(e.error): \(e.detail)"
+        } catch {
+            return "\(error)"
+        }
+    }
+
+    @Test(arguments: [
+        ("nope", "invalid_json: the body is not valid JSON"),
+        ("[1]", "invalid_request: the body must be a JSON object, not array"),
+        ("{}", "invalid_request: 'code' is required"),
+        (#"{"code": null}"#, "invalid_request: 'code' must be a string, not null"),
+        (#"{"code": 5}"#, "invalid_request: 'code' must be a string, not number"),
+        (#"{"code": "", "x": 1}"#, "invalid_request: unknown field 'x'"),
+        (#"{"code": "", "time_limit": "10"}"#, "invalid_request: 'time_limit' must be a number, not string"),
+        (#"{"code": "", "time_limit": true}"#, "invalid_request: 'time_limit' must be a number, not boolean"),
+        (#"{"code": "", "time_limit": 1000}"#, "limit_out_of_range: 'time_limit' must be between 0.001 and 300.0"),
+        (#"{"code": "", "pids_limit": 2.5}"#, "invalid_request: 'pids_limit' must be an integer"),
+        (#"{"code": "", "args": [1]}"#, "invalid_request: 'args' must be an array of strings"),
+        (#"{"code": "", "args": "a"}"#, "invalid_request: 'args' must be an array of strings, not string"),
+        (#"{"code": "", "container_name": ""}"#, "invalid_request: 'container_name' must have 1 to 256 characters"),
+        (#"{"code": "", "runtime": "ruby"}"#, "invalid_request: unknown runtime 'ruby' (known: python3)"),
+        (#"{"code": "", "stdin": {}}"#, "invalid_request: 'stdin' must be a string, not object"),
+    ])
+    func refusals(_ body: String, _ expected: String) {
+        #expect(message(body) == expected)
+    }
+
+    @Test func aFullRequest() throws {
+        let body = #"{"code": "print(1)", "stdin": "x", "args": ["a"], "container_name": "n", "time_limit": 2.5, "cpu_limit": null,"#
+            + #" "memory_limit": 67108864, "pids_limit": 8, "output_limit": 0, "runtime": "python3"}"#
+        let r = try ExecuteBody.decode(ByteBuffer(string: body)).request(ranges: LimitRanges())
+        #expect(r.code == "print(1)" && r.stdin == Array("x".utf8) && r.args == ["a"] && r.name == "n")
+        #expect(r.limits.wallSeconds == 2.5 && r.limits.cpuSeconds == RunLimits().cpuSeconds)
+        #expect(r.limits.memoryBytes == 64 << 20 && r.limits.pids == 8 && r.limits.outputBytes == 0)
+        #expect(r.runtime == .python3)
+    }
+}
