@@ -33,12 +33,33 @@ public final class RunMonitor: @unchecked Sendable {
         }
     }
 
+    /// What a live sample shows (`live()`): the counters Docker's stats show, from the
+    /// same files as the final result.
+    public struct Live: Sendable, Equatable {
+        public var cpuUserUsec: UInt64?
+        public var cpuSystemUsec: UInt64?
+        public var memoryCurrentBytes: UInt64?
+        /// Inactive file pages charged to the run (Docker subtracts them from usage).
+        public var memoryInactiveFileBytes: UInt64?
+        public var memoryPeakBytes: UInt64?
+        public var pidsCurrent: UInt64?
+        /// Host pids of the run's processes.
+        public var processes: [Int32] = []
+        public init() {}
+    }
+
     private let cpu: (Int32, Source)?
     private let current: (Int32, Source)?
     private let hits: (Int32, Source)?
     private let pids: (Int32, Source)?
+    private let user: (Int32, Source)?
+    private let system: (Int32, Source)?
+    private let peak: (Int32, Source)?
+    private let inactiveFile: (Int32, Source)?
+    private let procs: Int32
 
-    init(cpu: Source?, current: Source?, hits: Source?, pids: Source?) {
+    init(cpu: Source?, current: Source?, hits: Source?, pids: Source?,
+         user: Source? = nil, system: Source? = nil, peak: Source? = nil, inactiveFile: Source? = nil, procs: String? = nil) {
         func open(_ s: Source?) -> (Int32, Source)? {
             guard let s else { return nil }
             let fd = Glibc.open(s.path, O_RDONLY | O_CLOEXEC)
@@ -48,6 +69,26 @@ public final class RunMonitor: @unchecked Sendable {
         self.current = open(current)
         self.hits = open(hits)
         self.pids = open(pids)
+        self.user = open(user)
+        self.system = open(system)
+        self.peak = open(peak)
+        self.inactiveFile = open(inactiveFile)
+        self.procs = procs.map { Glibc.open($0, O_RDONLY | O_CLOEXEC) } ?? -1
+    }
+
+    /// Every counter a live sample shows, read now (about ten preads).
+    public func live() -> Live {
+        var l = Live()
+        l.cpuUserUsec = read(user)
+        l.cpuSystemUsec = read(system)
+        l.memoryCurrentBytes = read(current)
+        l.memoryInactiveFileBytes = read(inactiveFile)
+        l.memoryPeakBytes = read(peak)
+        l.pidsCurrent = read(pids)
+        if procs >= 0, let text = SysFile.pread(procs) {
+            l.processes = text.split(separator: "\n").compactMap { Int32($0) }
+        }
+        return l
     }
 
     private func read(_ f: (Int32, Source)?) -> UInt64? {
@@ -70,7 +111,8 @@ public final class RunMonitor: @unchecked Sendable {
     }
 
     deinit {
-        for f in [cpu, current, hits, pids] { if let (fd, _) = f { close(fd) } }
+        for f in [cpu, current, hits, pids, user, system, peak, inactiveFile] { if let (fd, _) = f { close(fd) } }
+        if procs >= 0 { close(procs) }
     }
 }
 
@@ -82,7 +124,12 @@ extension V2Backend {
             cpu: .init(path: d + "/cpu.stat", parse: { StatParse.cpuStatV2($0).usageUsec }),
             current: .init(path: d + "/memory.current", parse: StatParse.single),
             hits: .init(path: d + "/memory.events", parse: { StatParse.flatKeyed($0)["max"] }),
-            pids: .init(path: d + "/pids.current", parse: StatParse.single))
+            pids: .init(path: d + "/pids.current", parse: StatParse.single),
+            user: .init(path: d + "/cpu.stat", parse: { StatParse.cpuStatV2($0).userUsec }),
+            system: .init(path: d + "/cpu.stat", parse: { StatParse.cpuStatV2($0).systemUsec }),
+            peak: .init(path: d + "/memory.peak", parse: StatParse.single),
+            inactiveFile: .init(path: d + "/memory.stat", parse: { StatParse.flatKeyed($0)["inactive_file"] }),
+            procs: d + "/cgroup.procs")
     }
 }
 
@@ -95,6 +142,11 @@ extension V1Backend {
             cpu: c.map { .init(path: $0 + "/cpuacct.usage", parse: { StatParse.single($0).map { $0 / 1000 } }) },
             current: m.map { .init(path: $0 + "/memory.usage_in_bytes", parse: StatParse.single) },
             hits: m.map { .init(path: $0 + "/memory.failcnt", parse: StatParse.single) },
-            pids: p.map { .init(path: $0 + "/pids.current", parse: StatParse.single) })
+            pids: p.map { .init(path: $0 + "/pids.current", parse: StatParse.single) },
+            user: c.map { .init(path: $0 + "/cpuacct.usage_user", parse: { StatParse.single($0).map { $0 / 1000 } }) },
+            system: c.map { .init(path: $0 + "/cpuacct.usage_sys", parse: { StatParse.single($0).map { $0 / 1000 } }) },
+            peak: m.map { .init(path: $0 + "/memory.max_usage_in_bytes", parse: StatParse.single) },
+            inactiveFile: m.map { .init(path: $0 + "/memory.stat", parse: { StatParse.flatKeyed($0)["total_inactive_file"] }) },
+            procs: (p ?? m).map { $0 + "/cgroup.procs" })
     }
 }

@@ -63,6 +63,11 @@ public enum SysFile {
                 if errno == EINTR { continue }
                 return nil
             }
+            // A full buffer may be a cut file (cgroup.procs of a big run): read it again, larger.
+            if n == buf.count && buf.count < 1 << 20 {
+                buf = [UInt8](repeating: 0, count: buf.count * 4)
+                continue
+            }
             return String(decoding: buf[0..<n], as: UTF8.self)
         }
     }

@@ -69,6 +69,8 @@ public struct ExecutionRequest: Sendable {
     /// Root directory whose system directories are bound read-only into the sandbox ("/" = the host's).
     public var rootfs: String = "/"
     public var runtime = Runtime.python3
+    /// Seconds between live samples while someone watches the run's events.
+    public var sampleInterval: Double = 0.25
     /// The runtime's interpreter (`--python`).
     public var python: String {
         get { runtime.interpreter }

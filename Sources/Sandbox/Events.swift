@@ -4,19 +4,19 @@ import Synchronization
 
 /// What happens in a run, as it happens. The result is always the last event.
 public enum RunEvent: Sendable {
-    /// The program was exec'd (its wall time counts from here).
-    case started(id: String)
+    /// The program was exec'd (its wall time counts from here); `at` is the result's `started_at`.
+    case started(id: String, at: Date)
     /// Bytes the program wrote, in the order they were read from its pipes.
-    case output(OutputStream, [UInt8])
-    /// The run's counters, sampled by the supervisor while the program runs (at most
-    /// every 100 ms, and whenever it checks the CPU limit): seconds since `execve`.
-    case sample(RunMonitor.Sample, elapsed: Double)
+    case output(OutputChannel, [UInt8])
+    /// The run's counters while the program runs, every `sampleInterval` of the request
+    /// while the run has a subscriber, and once more after the program ended.
+    case sample(LiveSample)
     /// The supervisor is ending the run: "wall_time", "cpu_time", "output", "memory", "stopped".
     case limitHit(String)
     case result(ExecutionResult)
 }
 
-public enum OutputStream: String, Sendable { case stdout, stderr }
+public enum OutputChannel: String, Sendable { case stdout, stderr }
 
 /// Hands a run's events to any number of consumers: each `subscribe()` gets every
 /// event emitted after it. The supervisor emits from its own thread; consumers read
@@ -24,6 +24,10 @@ public enum OutputStream: String, Sendable { case stdout, stderr }
 public final class RunEvents: Sendable {
     private let subscribers = Mutex<[AsyncStream<RunEvent>.Continuation]>([])
     private let finished = Mutex(false)
+    private let startedState = Mutex<(id: String, at: Date)?>(nil)
+
+    /// The `started` event's content once the program was exec'd (for late subscribers).
+    public var started: (id: String, at: Date)? { startedState.withLock { $0 } }
 
     public init() {}
 
@@ -37,7 +41,11 @@ public final class RunEvents: Sendable {
         return stream
     }
 
+    /// Whether anyone listens now (the supervisor samples only then).
+    public var hasSubscribers: Bool { subscribers.withLock { !$0.isEmpty } }
+
     func emit(_ event: RunEvent) {
+        if case .started(let id, let at) = event { startedState.withLock { $0 = (id, at) } }
         for c in subscribers.withLock({ $0 }) { c.yield(event) }
     }
 
@@ -45,5 +53,115 @@ public final class RunEvents: Sendable {
     func finish() {
         finished.withLock { $0 = true }
         for c in subscribers.withLock({ list in defer { list = [] }; return list }) { c.finish() }
+    }
+}
+
+/// One live sample of a run: what `docker stats` would show at that moment, from the
+/// same kernel files as the final result.
+public struct LiveSample: Sendable, Equatable {
+    /// Seconds since `execve`.
+    public var elapsed: Double
+    /// CPU seconds so far (user, system), the sandbox init's set-up excluded.
+    public var cpuUserTime: Double?
+    public var cpuSystemTime: Double?
+    /// CPU use over the interval since the previous sample, in % of one core.
+    public var cpuPercent: Double?
+    /// Memory charged now minus inactive file pages (Docker's "usage").
+    public var memoryUsage: Int64?
+    /// The most memory charged so far.
+    public var memoryPeak: Int64?
+    /// Block I/O of the run's tasks so far (live ones and reaped ones).
+    public var blockIORead: Int64?
+    public var blockIOWrite: Int64?
+    /// Bytes through the run's network namespace so far.
+    public var networkIORx: Int64?
+    public var networkIOTx: Int64?
+    /// Tasks (processes and threads) alive now, the init excluded.
+    public var pidsCount: Int64?
+
+    public init(elapsed: Double) { self.elapsed = elapsed }
+
+    public func json() -> String {
+        var w = JSONWriter()
+        w.field("elapsed", (elapsed * 1e6).rounded() / 1e6)
+        w.field("cpu_user_time", cpuUserTime)
+        w.field("cpu_system_time", cpuSystemTime)
+        w.field("cpu_percent", cpuPercent)
+        w.field("memory_usage", memoryUsage)
+        w.field("memory_peak", memoryPeak)
+        w.field("block_io_read", blockIORead)
+        w.field("block_io_write", blockIOWrite)
+        w.field("network_io_rx", networkIORx)
+        w.field("network_io_tx", networkIOTx)
+        w.field("pids_count", pidsCount)
+        return w.finish()
+    }
+}
+
+/// Takes a run's live samples: CgroupKit's kept-open counters, the tasks' /proc/<pid>/io
+/// and the namespace's /proc/<init>/net/dev, minus what the init used before `execve`.
+struct LiveSampler {
+    let monitor: RunMonitor
+    let initPid: pid_t
+    var baseUser: UInt64 = 0
+    var baseSystem: UInt64 = 0
+    var baseRead: UInt64 = 0
+    var baseWrite: UInt64 = 0
+    var last: (ns: Int64, usec: UInt64)?
+
+    init(monitor: RunMonitor, initPid: pid_t) {
+        self.monitor = monitor
+        self.initPid = initPid
+    }
+
+    /// At `execve`: what the init has used so far is not the program's.
+    mutating func start(at ns: Int64) {
+        let l = monitor.live()
+        baseUser = l.cpuUserUsec ?? 0
+        baseSystem = l.cpuSystemUsec ?? 0
+        if let io = SysFile.read("/proc/\(initPid)/io").flatMap(StatParse.procIO) {
+            baseRead = io.readBytes
+            baseWrite = io.writeBytes
+        }
+        last = (ns, baseUser + baseSystem)
+    }
+
+    mutating func sample(now: Int64, execNs: Int64) -> LiveSample {
+        let l = monitor.live()
+        var s = LiveSample(elapsed: Double(now - execNs) / 1e9)
+        let user = l.cpuUserUsec.map { $0 >= baseUser ? $0 - baseUser : 0 }
+        let system = l.cpuSystemUsec.map { $0 >= baseSystem ? $0 - baseSystem : 0 }
+        s.cpuUserTime = user.map { Double($0) / 1e6 }
+        s.cpuSystemTime = system.map { Double($0) / 1e6 }
+        if let u = l.cpuUserUsec, let y = l.cpuSystemUsec {
+            if let (ns, usec) = last, now > ns {
+                let used = u + y >= usec ? u + y - usec : 0
+                s.cpuPercent = Double(used) * 1000 / Double(now - ns) * 100
+            }
+            last = (now, u + y)
+        }
+        if let current = l.memoryCurrentBytes {
+            let inactive = l.memoryInactiveFileBytes ?? 0
+            s.memoryUsage = Int64(current > inactive ? current - inactive : 0)
+        }
+        s.memoryPeak = l.memoryPeakBytes.map { Int64($0) }
+        s.pidsCount = l.pidsCurrent.map { Int64($0 > 0 ? $0 - 1 : 0) }
+        // Every live task's I/O, and through the init (and each live parent) that of the reaped ones.
+        var read: UInt64 = 0, write: UInt64 = 0, readable = false
+        for p in Set(l.processes + [initPid]) {
+            guard let io = SysFile.read("/proc/\(p)/io").flatMap(StatParse.procIO) else { continue }
+            read += io.readBytes
+            write += io.writeBytes
+            readable = true
+        }
+        if readable {
+            s.blockIORead = Int64(read >= baseRead ? read - baseRead : 0)
+            s.blockIOWrite = Int64(write >= baseWrite ? write - baseWrite : 0)
+        }
+        if let net = SysFile.read("/proc/\(initPid)/net/dev").flatMap(StatParse.netDev) {
+            s.networkIORx = Int64(net.rxBytes)
+            s.networkIOTx = Int64(net.txBytes)
+        }
+        return s
     }
 }

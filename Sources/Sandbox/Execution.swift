@@ -65,7 +65,7 @@ final class ScratchPrep: @unchecked Sendable {
 /// One run from cgroup creation to teardown. Lives on one dedicated thread; the only
 /// thing other threads do with it is `stop(reason:)`, which goes through `stopState`.
 final class Execution: @unchecked Sendable {
-    enum KillReason: Hashable { case wallTime, cpuTime, output, memoryThrash, stopped }
+    enum KillReason: Hashable { case wallTime, cpuTime, output, memoryThrash, stopped, cancelled }
 
     let sandbox: Sandbox
     let request: ExecutionRequest
@@ -94,15 +94,18 @@ final class Execution: @unchecked Sendable {
     var lastReadWasEOF = false
     /// The stop reason, set by `stop(reason:)` from another thread, and the init's
     /// pidfd while it may be signalled (closed under the same lock in `teardown()`).
-    let stopState = Mutex<(reason: String?, pidfd: Int32)>((nil, -1))
+    let stopState = Mutex<(reason: String?, cancelled: Bool, pidfd: Int32)>((nil, false, -1))
     /// Set by `stop(reason:)`; the supervisor ends the run at once.
     var stopReason: String? { stopState.withLock { $0.reason } }
 
-    /// Asks the supervisor to end the run (service shutdown). The init is killed
-    /// through its pidfd, which wakes the supervisor's epoll.
-    func stop(reason: String) {
+    /// Asks the supervisor to end the run: a service shutdown (status `internal_error`),
+    /// or a client's cancellation (`cancelled`). The init is killed through its pidfd,
+    /// which wakes the supervisor's epoll; before the launch, the launch does it.
+    func stop(reason: String, cancelled: Bool = false) {
         stopState.withLock { s in
+            guard s.reason == nil else { return }
             s.reason = reason
+            s.cancelled = cancelled
             if s.pidfd >= 0 { _ = sp_pidfd_send_signal(s.pidfd, SIGKILL) }
         }
     }
@@ -267,7 +270,10 @@ final class Execution: @unchecked Sendable {
         }
         pid = r
         pidfd = fd
-        stopState.withLock { $0.pidfd = fd }
+        stopState.withLock { s in
+            s.pidfd = fd
+            if s.reason != nil { _ = sp_pidfd_send_signal(fd, SIGKILL) }  // stopped before the launch
+        }
         if nsfd < 0 { nsfd = open("/proc/\(r)/ns/net", O_RDONLY | O_CLOEXEC) }
     }
 }

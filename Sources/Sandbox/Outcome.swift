@@ -7,7 +7,7 @@ import Glibc
 /// classification. Recorded observations make the classification a pure function,
 /// unit-tested without root.
 struct RunObservation: Equatable, Sendable {
-    enum Kill: Equatable, Sendable { case wallTime, cpuTime, output, memoryThrash, stopped(String) }
+    enum Kill: Equatable, Sendable { case wallTime, cpuTime, output, memoryThrash, stopped(String), cancelled(String) }
     /// "sandbox setup failed at <stage>: <reason>" when the init or the program's set-up failed.
     var setupFailure: String?
     /// The program's raw wait status, when the init reported its exit.
@@ -76,6 +76,9 @@ enum RunOutcome {
             case .stopped(let reason):
                 r.status = .internalError
                 r.error = "stopped: \(reason)"
+            case .cancelled(let reason):
+                r.status = .cancelled
+                if o.stderr.isEmpty { r.error = "cancelled: \(reason)" }
             }
         } else if r.oomKilled && (o.waitStatus == nil || r.signal == Int(SIGKILL) || r.exitCode != 0) {
             r.status = .memoryLimit

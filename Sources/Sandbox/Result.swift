@@ -9,6 +9,8 @@ public enum RunStatus: String, Codable, Sendable, CaseIterable {
     case memoryLimit = "memory_limit"
     case outputLimit = "output_limit"
     case internalError = "internal_error"
+    /// A client stopped the run (`DELETE /executions/{id}`, or a streaming client left).
+    case cancelled
 }
 
 /// The result object: exactly the specification's response fields (names and

@@ -18,6 +18,8 @@ public final class Sandbox: Sendable {
     /// A run cgroup made ahead (no limits, never used), renamed for the next run.
     let spareCgroups: ReusePool<RunCgroup>
     let active = ActiveRuns()
+    /// Ids of runs being prepared, and cancellations that came before their launch.
+    let pendingCancels = Mutex<(expected: Set<String>, cancelled: [String: String])>(([], [:]))
     let launcher: Launcher?
 
     public init(settings: SandboxSettings = SandboxSettings(), logger: Logger = Logger(label: "sandpit")) {
@@ -178,6 +180,22 @@ public final class Sandbox: Sendable {
         for e in active.all() { e.stop(reason: reason) }
     }
 
+    /// Stops the run `id` at a client's request: it ends with status `cancelled`, its
+    /// counters so far in the result. A run not started yet is stopped at its launch.
+    /// False when no run of this id is in progress or about to start.
+    @discardableResult
+    public func cancel(id: String, reason: String = "cancelled by a client") -> Bool {
+        if let e = active.find(id) {
+            e.stop(reason: reason, cancelled: true)
+            return true
+        }
+        return pendingCancels.withLock { p in
+            guard p.expected.contains(id) else { return false }
+            p.cancelled[id] = reason
+            return true
+        }
+    }
+
     /// Runs whose program is executing now.
     public var activeCount: Int { active.all().count }
 
@@ -213,6 +231,8 @@ public final class Sandbox: Sendable {
     }
 
     func execute(_ request: ExecutionRequest, id: String, events: RunEvents?) -> (ExecutionResult, Execution?) {
+        pendingCancels.withLock { _ = $0.expected.insert(id) }
+        defer { pendingCancels.withLock { p in p.expected.remove(id); p.cancelled[id] = nil } }
         let started = Date()
         var result = ExecutionResult(containerID: id, containerName: request.name, startedAt: started)
         let execution: Execution
@@ -226,6 +246,7 @@ public final class Sandbox: Sendable {
             return (result, nil)
         }
         active.add(execution)
+        if let reason = pendingCancels.withLock({ $0.cancelled[id] }) { execution.stop(reason: reason, cancelled: true) }
         execution.start()
         let out = execution.supervise(into: result)
         active.remove(execution)
@@ -239,6 +260,7 @@ final class ActiveRuns: Sendable {
     func add(_ e: Execution) { runs.withLock { $0[ObjectIdentifier(e)] = e } }
     func remove(_ e: Execution) { _ = runs.withLock { $0.removeValue(forKey: ObjectIdentifier(e)) } }
     func all() -> [Execution] { runs.withLock { Array($0.values) } }
+    func find(_ id: String) -> Execution? { runs.withLock { $0.values.first { $0.id == id } } }
 }
 
 /// The counters of a network namespace that a program inside it can read: the

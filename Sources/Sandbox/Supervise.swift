@@ -78,15 +78,19 @@ extension Execution {
         var nextCPUCheck = launchNs
 
         let watchers = self.events
-        let emitOut: ((ArraySlice<UInt8>) -> Void)? = watchers.map { ev in { ev.emit(.output(.stdout, Array($0))) } }
-        let emitErr: ((ArraySlice<UInt8>) -> Void)? = watchers.map { ev in { ev.emit(.output(.stderr, Array($0))) } }
+        let emitOut: ((ArraySlice<UInt8>) -> Void)? = watchers.map { ev in { if ev.hasSubscribers { ev.emit(.output(.stdout, Array($0))) } } }
+        let emitErr: ((ArraySlice<UInt8>) -> Void)? = watchers.map { ev in { if ev.hasSubscribers { ev.emit(.output(.stderr, Array($0))) } } }
+        // Live samples, while someone watches: every sampleInterval from execve.
+        var sampler = watchers == nil ? nil : LiveSampler(monitor: monitor, initPid: pid)
+        let sampleNs = Int64(max(0.001, request.sampleInterval) * 1e9)
+        var nextSample = Int64.max
 
         func kill(_ reason: KillReason) {
             guard killed == nil else { return }
             killed = reason
             if let watchers {
                 let names: [KillReason: String] = [.wallTime: "wall_time", .cpuTime: "cpu_time", .output: "output",
-                                                   .memoryThrash: "memory", .stopped: "stopped"]
+                                                   .memoryThrash: "memory", .stopped: "stopped", .cancelled: "cancelled"]
                 watchers.emit(.limitHit(names[reason] ?? "stopped"))
             }
             killNs = monotonicNanos()
@@ -100,7 +104,11 @@ extension Execution {
                 guard let rec: sp_exec_record = readRecord(execR) else { return lastReadWasEOF }
                 if rec.stage == 0 {
                     execNs = rec.t_ns
-                    watchers?.emit(.started(id: id))
+                    if watchers != nil {
+                        sampler?.start(at: rec.t_ns)
+                        nextSample = rec.t_ns + sampleNs
+                    }
+                    watchers?.emit(.started(id: id, at: result.startedAt))
                 } else {
                     execFailure = rec
                 }
@@ -113,6 +121,9 @@ extension Execution {
         while !initExited && report == nil {
             let now = monotonicNanos()
             let wallDeadline = (execNs ?? launchNs) + wallNs
+            if killed == nil, let stop = stopState.withLock({ $0.reason == nil ? nil : $0.cancelled }) {
+                kill(stop ? .cancelled : .stopped)
+            }
             if killed == nil {
                 if now >= wallDeadline { kill(.wallTime) }
                 if now >= nextCPUCheck, let used = monitor.cpuUsageUsec() {
@@ -135,16 +146,17 @@ extension Execution {
                         }
                         lastHits = hits
                     }
-                    if let watchers, let e = execNs {
-                        let sample = monitor.sample()
-                        if let v = sample.pidsCurrent { maxTasks = max(maxTasks, v) }
-                        watchers.emit(.sample(sample, elapsed: Double(now - e) / 1e9))
-                    } else if let v = monitor.pidsCurrent() {
-                        maxTasks = max(maxTasks, v)
+                    if let v = monitor.pidsCurrent() { maxTasks = max(maxTasks, v) }
+                }
+                if now >= nextSample, let e = execNs, let w = watchers {
+                    nextSample = now + sampleNs
+                    if w.hasSubscribers, let s = sampler?.sample(now: now, execNs: e) {
+                        if let p = s.pidsCount { maxTasks = max(maxTasks, UInt64(p) + 1) }
+                        w.emit(.sample(s))
                     }
                 }
             }
-            let deadline = killed == nil ? min(wallDeadline, nextCPUCheck) : now + 100_000_000
+            let deadline = killed == nil ? min(wallDeadline, nextCPUCheck, nextSample) : now + 100_000_000
             let timeoutMs = Int32(max(0, min(1000, (deadline - now + 999_999) / 1_000_000)))
             let n = events.withUnsafeMutableBufferPointer { epoll_wait(ep, $0.baseAddress, 8, timeoutMs) }
             if n < 0 && errno != EINTR { break }
@@ -163,7 +175,9 @@ extension Execution {
                     _ = epoll_ctl(ep, EPOLL_CTL_DEL, reportR, nil)
                 } else if fd == pidfd {
                     initExited = true
-                    if killed == nil, stopReason != nil { kill(.stopped) }
+                    if killed == nil, let stop = stopState.withLock({ $0.reason == nil ? nil : $0.cancelled }) {
+                        kill(stop ? .cancelled : .stopped)
+                    }
                 }
             }
         }
@@ -191,6 +205,11 @@ extension Execution {
             // (a lingering IPv6 flow label is the one thing a run can leave without traffic)
             let labels = SysFile.read("/proc/\(pid)/net/ip6_flowlabel") ?? ""
             netQuiet = labels.split(separator: "\n").count <= 1
+        }
+        // The last sample, after the program's end (sent once the result's counters are known).
+        var lastSample: LiveSample?
+        if let w = watchers, w.hasSubscribers, let e = execNs, var sm = sampler {
+            lastSample = sm.sample(now: endNs, execNs: e)
         }
         let stats = backend.stats(run, [.cpu, .memory, .pids])  // what the result uses
         release()  // the init may exit now; teardown() waits for it
@@ -221,6 +240,7 @@ extension Execution {
         case .output?: seen.killed = .output
         case .memoryThrash?: seen.killed = .memoryThrash
         case .stopped?: seen.killed = .stopped(stopReason ?? "the sandbox was stopped")
+        case .cancelled?: seen.killed = .cancelled(stopReason ?? "cancelled by a client")
         case nil: break
         }
         RunOutcome.classify(seen, limits: lim, into: &result)
@@ -234,6 +254,19 @@ extension Execution {
         counters.io = io.map { ($0.readBytes, $0.writeBytes) }
         counters.net = net.map { ($0.rxBytes, $0.txBytes) }
         for w in ResultMapper.apply(counters, limits: lim, into: &result) { sandbox.logger.warning("run \(id): \(w)") }
+        if var s = lastSample, let w = watchers {
+            // Cumulative counters as the result has them (the same files, with the init's
+            // own set-up subtracted as precisely as the result does): they agree exactly.
+            s.elapsed = result.executionTime
+            s.cpuUserTime = result.cpuUserTime ?? s.cpuUserTime
+            s.cpuSystemTime = result.cpuSystemTime ?? s.cpuSystemTime
+            s.memoryPeak = result.memoryPeak ?? s.memoryPeak
+            s.blockIORead = result.blockIORead ?? s.blockIORead
+            s.blockIOWrite = result.blockIOWrite ?? s.blockIOWrite
+            s.networkIORx = result.networkIORx ?? s.networkIORx
+            s.networkIOTx = result.networkIOTx ?? s.networkIOTx
+            w.emit(.sample(s))
+        }
         return result
     }
 

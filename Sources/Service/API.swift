@@ -42,6 +42,7 @@ public struct LimitRanges: Sendable {
     public var memoryBytes: ClosedRange<UInt64> = (16 << 20)...(16 << 30)
     public var pids: ClosedRange<UInt64> = 1...4096
     public var outputBytes: ClosedRange<Int> = 0...(64 << 20)
+    public var sampleSeconds: ClosedRange<Double> = 0.01...60
     public init() {}
 }
 

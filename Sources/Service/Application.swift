@@ -8,6 +8,7 @@ public func buildRouter(_ svc: ServiceContext) -> Router<BasicRequestContext> {
     if let t = svc.config.token, !t.isEmpty { router.add(middleware: TokenMiddleware(token: t)) }
     ExecuteController(svc: svc).addRoutes(to: router)
     ExecutionsController(svc: svc).addRoutes(to: router)
+    LiveController(svc: svc).addRoutes(to: router)
     SystemController(svc: svc).addRoutes(to: router)
     return router
 }

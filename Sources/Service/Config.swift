@@ -27,6 +27,8 @@ public struct ServiceConfig: Sendable {
     public var idleTimeout: Duration = .seconds(60)
     /// Open connections at most; one more is closed as soon as it is accepted.
     public var maxConnections = 4096
+    /// A comment line on an event stream after this long without an event.
+    public var keepAlive: Duration = .seconds(15)
 
     public init(databasePath: String) {
         self.databasePath = databasePath

@@ -13,6 +13,8 @@ public final class ServiceContext: Sendable {
     public let metrics: ServiceMetrics
     public let logger: Logger
     public let connections: ConnectionLimiter
+    /// Runs in progress, for watching and cancelling.
+    public let live = LiveRuns()
     let maintenance = Mutex<Task<Void, Never>?>(nil)
 
     public init(config: ServiceConfig, sandbox: Sandbox, log: any ExecutionLog, logger: Logger) {

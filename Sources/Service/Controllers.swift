@@ -8,7 +8,8 @@ import Logging
 import Sandbox
 import Synchronization
 
-/// POST /execute: admission, a logged run, the result.
+/// POST /execute: admission, a logged run, the result (one JSON object, or a stream
+/// of Server-Sent Events ending with it).
 struct ExecuteController: Sendable {
     let svc: ServiceContext
 
@@ -26,12 +27,21 @@ struct ExecuteController: Sendable {
             }
             throw APIError(.badRequest, "invalid_request", "the body could not be read: \(error)")
         }
-        let req = try ExecuteBody.decode(body).request(ranges: svc.config.ranges)
-        return try await run(req)
+        let parsed = try ExecuteBody.decode(body)
+        let req = try parsed.request(ranges: svc.config.ranges)
+        let wantsStream = parsed.stream ?? (request.headers[.accept]?.contains("text/event-stream") ?? false)
+        let run = try await admit(req)
+        if wantsStream {
+            return streamed(run, detach: parsed.detach ?? false)
+        }
+        let result = await finish(run)
+        var headers: HTTPFields = [.contentType: "application/json"]
+        headers[HTTPField.Name("X-Execution-Id")!] = String(run.rowID)
+        return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(string: result.jsonString())))
     }
 
-/// Admission, a logged run, the response. The row is committed before the response.
-    func run(_ req: ExecutionRequest) async throws -> Response {
+    /// Admission and the log's row: every refusal happens here, before any answer starts.
+    func admit(_ req: ExecutionRequest) async throws -> LiveRun {
         let queuedAt = Date()
         do {
             try await svc.admission.acquire()
@@ -44,10 +54,12 @@ struct ExecuteController: Sendable {
             throw e
         }
         let id = Sandbox.newID()
-        let t0 = ContinuousClock.now
-        let rowID: Int64
+        let startedAt = Date()
         do {
-            rowID = try await svc.log.begin(code: req.code, name: req.name, containerID: id, queuedAt: queuedAt, startedAt: Date())
+            let rowID = try await svc.log.begin(code: req.code, name: req.name, containerID: id, queuedAt: queuedAt, startedAt: startedAt)
+            let run = LiveRun(rowID: rowID, containerID: id, request: req, startedAt: startedAt)
+            svc.live.add(run)
+            return run
         } catch {
             await svc.admission.release()
             svc.logger.error("cannot log a run: \(error)")
@@ -56,26 +68,110 @@ struct ExecuteController: Sendable {
             e.headers[.retryAfter] = "5"
             throw e
         }
+    }
+
+    /// The run, its row completed, its slot released. The row is committed before the result is returned.
+    func finish(_ run: LiveRun) async -> ExecutionResult {
         let t1 = ContinuousClock.now
-        let result = await svc.sandbox.run(req, id: id)
+        let result = await svc.sandbox.run(run.request, id: run.containerID, events: run.events)
         let t2 = ContinuousClock.now
         do {
-            try await svc.log.finish(id: rowID, result: result, finishedAt: Date())
+            try await svc.log.finish(id: run.rowID, result: result, finishedAt: Date())
         } catch {
             // The program ran: its result is the client's. The row is completed by the
             // log's upkeep once the database can be written again.
-            svc.logger.error("run \(id) (row \(rowID)): result not logged yet (retried by the upkeep): \(error)")
+            svc.logger.error("run \(run.containerID) (row \(run.rowID)): result not logged yet (retried by the upkeep): \(error)")
         }
+        svc.live.remove(run.rowID)
         if svc.logger.logLevel <= .debug {
             let t3 = ContinuousClock.now
             func ms(_ d: Duration) -> String { String(format: "%.2f", Double(d.components.attoseconds) / 1e15 + Double(d.components.seconds) * 1e3) }
-            svc.logger.debug("run \(id) request (ms): log begin \(ms(t1 - t0)) run \(ms(t2 - t1)) log finish \(ms(t3 - t2))")
+            svc.logger.debug("run \(run.containerID) request (ms): run \(ms(t2 - t1)) log finish \(ms(t3 - t2))")
         }
         await svc.admission.release()
         svc.metrics.finished(result)
-        var headers: HTTPFields = [.contentType: "application/json"]
-        headers[HTTPField.Name("X-Execution-Id")!] = String(rowID)
-        return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(string: result.jsonString())))
+        return result
+    }
+
+    /// The run as Server-Sent Events: started, stdout/stderr, sample, limit, result. The
+    /// run goes on in a task of its own; a client that leaves cancels it unless `detach`.
+    func streamed(_ run: LiveRun, detach: Bool) -> Response {
+        let events = run.events.subscribe()  // before the run starts: nothing is missed
+        let runner = Task { await finish(run) }
+        var headers: HTTPFields = [.contentType: "text/event-stream", .cacheControl: "no-store"]
+        headers[HTTPField.Name("X-Execution-Id")!] = String(run.rowID)
+        let svc = self.svc
+        return Response(status: .ok, headers: headers, body: ResponseBody { writer in
+            var sse = SSEWriter(run)
+            do {
+                try await sse.send(events, to: &writer, keepAlive: svc.config.keepAlive)
+                try await writer.finish(nil)
+            } catch {
+                if !detach && svc.sandbox.cancel(id: run.containerID, reason: "the streaming client disconnected") {
+                    svc.logger.info("run \(run.containerID) (row \(run.rowID)): client disconnected; cancelled")
+                }
+                _ = await runner.value
+                throw error
+            }
+        })
+    }
+}
+
+/// GET /executions/{id}/events and DELETE /executions/{id}: watching and cancelling.
+struct LiveController: Sendable {
+    let svc: ServiceContext
+
+    func addRoutes(to router: Router<BasicRequestContext>) {
+        router.get("executions/:id/events", use: watch)
+        router.delete("executions/:id", use: cancel)
+    }
+
+    func rowID(_ context: BasicRequestContext) throws -> Int64 {
+        guard let id = context.parameters.get("id", as: Int64.self) else {
+            throw APIError(.badRequest, "invalid_request", "the execution id must be an integer")
+        }
+        return id
+    }
+
+    /// 409 for a finished execution, 404 for an unknown one.
+    func notLive(_ id: Int64) async throws -> APIError {
+        if try await svc.log.get(id: id) != nil {
+            return APIError(.conflict, "finished", "execution \(id) has finished; its record is at GET /executions/\(id)")
+        }
+        return APIError(.notFound, "not_found", "no execution with id \(id)")
+    }
+
+    @Sendable func watch(_ request: Request, context: BasicRequestContext) async throws -> Response {
+        let id = try rowID(context)
+        guard let run = svc.live.get(id) else { throw try await notLive(id) }
+        let events = run.events.subscribe()
+        var headers: HTTPFields = [.contentType: "text/event-stream", .cacheControl: "no-store"]
+        headers[HTTPField.Name("X-Execution-Id")!] = String(id)
+        let keepAlive = svc.config.keepAlive
+        return Response(status: .ok, headers: headers, body: ResponseBody { writer in
+            var sse = SSEWriter(run)
+            try await sse.started(run, to: &writer)
+            try await sse.send(events, to: &writer, keepAlive: keepAlive)
+            try await writer.finish(nil)
+        })
+    }
+
+    @Sendable func cancel(_ request: Request, context: BasicRequestContext) async throws -> Response {
+        let id = try rowID(context)
+        guard let run = svc.live.get(id) else { throw try await notLive(id) }
+        let events = run.events.subscribe()
+        guard svc.sandbox.cancel(id: run.containerID, reason: "cancelled by DELETE /executions/\(id)") else {
+            throw try await notLive(id)
+        }
+        for await event in events {
+            if case .result(let result) = event {
+                var headers: HTTPFields = [.contentType: "application/json"]
+                headers[HTTPField.Name("X-Execution-Id")!] = String(id)
+                return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(string: result.jsonString())))
+            }
+        }
+        // The run ended between the lookup and the subscription: its record has the result.
+        throw try await notLive(id)
     }
 }
 

@@ -28,7 +28,10 @@ struct MethodMiddleware<Context: RequestContext>: RouterMiddleware {
         switch path {
         case "/execute": "POST"
         case "/executions", "/executions/stats", "/health", "/metrics", "/openapi.json": "GET, HEAD"
-        default: path.hasPrefix("/executions/") && !path.dropFirst(12).contains("/") ? "GET, HEAD" : nil
+        default:
+            if path.hasPrefix("/executions/") && !path.dropFirst(12).contains("/") { "GET, HEAD, DELETE" }
+            else if path.hasPrefix("/executions/") && path.hasSuffix("/events") && path.split(separator: "/").count == 3 { "GET, HEAD" }
+            else { nil }
         }
     }
 

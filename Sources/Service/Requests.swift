@@ -21,7 +21,8 @@ enum JSONKind: String, Decodable {
 /// `request(ranges:)`) values out of range are 400s that name the field.
 struct ExecuteBody: Decodable {
     static let known: Set<String> = ["code", "stdin", "args", "container_name", "time_limit", "cpu_limit",
-                                     "memory_limit", "pids_limit", "output_limit", "runtime"]
+                                     "memory_limit", "pids_limit", "output_limit", "runtime",
+                                     "stream", "detach", "sample_interval"]
 
     var code: String
     var stdin: String?
@@ -33,6 +34,9 @@ struct ExecuteBody: Decodable {
     var pidsLimit: Double?
     var outputLimit: Double?
     var runtime: String?
+    var stream: Bool?
+    var detach: Bool?
+    var sampleInterval: Double?
 
     static func invalid(_ detail: String) -> APIError { APIError(.badRequest, "invalid_request", detail) }
 
@@ -75,6 +79,9 @@ struct ExecuteBody: Decodable {
         memoryLimit = try field("memory_limit", Double.self, "a number")
         pidsLimit = try field("pids_limit", Double.self, "a number")
         outputLimit = try field("output_limit", Double.self, "a number")
+        stream = try field("stream", Bool.self, "a boolean")
+        detach = try field("detach", Bool.self, "a boolean")
+        sampleInterval = try field("sample_interval", Double.self, "a number")
     }
 
     /// Decodes a body: invalid JSON is `invalid_json`, the rest as above.
@@ -121,6 +128,9 @@ struct ExecuteBody: Decodable {
         if let a = args { req.args = a }
         if let v = try ranged("time_limit", timeLimit, ranges.wallSeconds) { req.limits.wallSeconds = v }
         if let v = try ranged("cpu_limit", cpuLimit, ranges.cpuSeconds) { req.limits.cpuSeconds = v }
+        if let v = try ranged("sample_interval", sampleInterval, ranges.sampleSeconds) {
+            req.sampleInterval = (v * 1000).rounded() / 1000  // millisecond precision
+        }
         let mem = ranges.memoryBytes, pids = ranges.pids, out = ranges.outputBytes
         if let v = try integer("memory_limit", memoryLimit, Double(mem.lowerBound)...Double(mem.upperBound)) { req.limits.memoryBytes = v }
         if let v = try integer("pids_limit", pidsLimit, Double(pids.lowerBound)...Double(pids.upperBound)) { req.limits.pids = v }

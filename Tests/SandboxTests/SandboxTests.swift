@@ -230,24 +230,31 @@ struct SandboxRunTests {
         let result = await sandbox.run(req, events: events)
         let (x, y) = await (a, b)
         #expect(x.count == y.count, "every subscriber sees every event")
-        guard case .started(let id)? = x.first else { Issue.record("first event: \(String(describing: x.first))"); return }
-        #expect(id == result.containerID)
+        guard case .started(let id, let at)? = x.first else { Issue.record("first event: \(String(describing: x.first))"); return }
+        #expect(id == result.containerID && at == result.startedAt)
         guard case .result(let last)? = x.last else { Issue.record("last event: \(String(describing: x.last))"); return }
         #expect(last == result)
-        var out: [UInt8] = [], err: [UInt8] = [], samples: [(RunMonitor.Sample, Double)] = []
+        var out: [UInt8] = [], err: [UInt8] = [], samples: [LiveSample] = []
         for e in x {
             switch e {
             case .output(.stdout, let bytes): out += bytes
             case .output(.stderr, let bytes): err += bytes
-            case .sample(let s, let t): samples.append((s, t))
+            case .sample(let s): samples.append(s)
             default: break
             }
         }
         #expect(String(decoding: out, as: UTF8.self) == "a\nc\n" && String(decoding: err, as: UTF8.self) == "b\n")
-        // The program ran for ~0.8 s: sampled at least every 100 ms, in time order, with its task.
-        #expect(samples.count >= 5, "\(samples.count) samples")
-        #expect(zip(samples, samples.dropFirst()).allSatisfy { $0.1 <= $1.1 })
-        #expect(samples.contains { $0.0.pidsCurrent ?? 0 >= 2 && $0.0.cpuUsageUsec != nil })
+        // The program ran for ~0.8 s: sampled every 250 ms (the default), in time order,
+        // with its task; the last sample (after the end) agrees with the result.
+        #expect(samples.count >= 3, "\(samples.count) samples")
+        #expect(zip(samples, samples.dropFirst()).allSatisfy { $0.elapsed <= $1.elapsed })
+        #expect(samples.contains { $0.pidsCount ?? 0 >= 1 && $0.cpuUserTime != nil })
+        let end = try #require(samples.last)
+        #expect(abs(end.elapsed - result.executionTime) < 0.001)
+        #expect(end.memoryPeak == result.memoryPeak)
+        #expect(end.networkIORx == result.networkIORx)
+        let cpu = (end.cpuUserTime ?? 0) + (end.cpuSystemTime ?? 0), resultCPU = (result.cpuUserTime ?? 0) + (result.cpuSystemTime ?? 0)
+        #expect(abs(cpu - resultCPU) < 0.01, "last sample \(cpu) s, result \(resultCPU) s")
         // A stream opened after the end ends at once.
         var late = 0
         for await _ in events.subscribe() { late += 1 }
