@@ -25,6 +25,10 @@ public final class RunEvents: Sendable {
     private let subscribers = Mutex<[AsyncStream<RunEvent>.Continuation]>([])
     private let finished = Mutex(false)
     private let startedState = Mutex<(id: String, at: Date)?>(nil)
+    private let resultState = Mutex<ExecutionResult?>(nil)
+
+    /// The result, once the run has one (for a subscriber that came after the end).
+    public var result: ExecutionResult? { resultState.withLock { $0 } }
 
     /// The `started` event's content once the program was exec'd (for late subscribers).
     public var started: (id: String, at: Date)? { startedState.withLock { $0 } }
@@ -46,6 +50,7 @@ public final class RunEvents: Sendable {
 
     func emit(_ event: RunEvent) {
         if case .started(let id, let at) = event { startedState.withLock { $0 = (id, at) } }
+        if case .result(let r) = event { resultState.withLock { $0 = r } }
         for c in subscribers.withLock({ $0 }) { c.yield(event) }
     }
 

@@ -31,6 +31,9 @@ public enum FieldStorage: Sendable {
 /// the log's columns (the row update, the list's columns, the migration check), and
 /// is checked against `openapi.json` and the README's metric table by the tests.
 public struct ResultField: Sendable {
+    /// Sets this field of `r` from a stored value (a record read back as a result).
+    public func assign(_ v: FieldValue, to r: inout ExecutionResult) { set(&r, v) }
+
     public let name: String
     public let type: FieldType
     public let nullable: Bool
@@ -136,8 +139,8 @@ extension ExecutionResult {
         .smallInt("signal", \.signal, "the signal that ended the program, if one did"),
         .bool("oom_killed", \.oomKilled, "the kernel's OOM killer ended a task of the run"),
         .bool("timed_out", \.timedOut, "the wall-clock or CPU limit ended the run"),
-        .bool("stdout_truncated", \.stdoutTruncated, storage: .none, "stdout was cut at output_limit"),
-        .bool("stderr_truncated", \.stderrTruncated, storage: .none, "stderr was cut at output_limit"),
+        .bool("stdout_truncated", \.stdoutTruncated, "stdout was cut at output_limit"),
+        .bool("stderr_truncated", \.stderrTruncated, "stderr was cut at output_limit"),
         ResultField(name: "started_at", type: .string, nullable: false, unit: "", storage: .summary, sqlType: "TIMESTAMP",
                     v2: "", v1: "", doc: "RFC 3339 time the run started",
                     get: { .string(ExecutionResult.timestamp($0.startedAt)) },

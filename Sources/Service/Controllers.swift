@@ -30,7 +30,7 @@ struct ExecuteController: Sendable {
         let parsed = try ExecuteBody.decode(body)
         let req = try parsed.request(ranges: svc.config.ranges)
         let wantsStream = parsed.stream ?? (request.headers[.accept]?.contains("text/event-stream") ?? false)
-        let run = try await admit(req)
+        let run = try await admit(req, recordsSamples: wantsStream || parsed.samples == true)
         if wantsStream {
             return streamed(run, detach: parsed.detach ?? false)
         }
@@ -41,7 +41,7 @@ struct ExecuteController: Sendable {
     }
 
     /// Admission and the log's row: every refusal happens here, before any answer starts.
-    func admit(_ req: ExecutionRequest) async throws -> LiveRun {
+    func admit(_ req: ExecutionRequest, recordsSamples: Bool) async throws -> LiveRun {
         let queuedAt = Date()
         do {
             try await svc.admission.acquire()
@@ -57,7 +57,7 @@ struct ExecuteController: Sendable {
         let startedAt = Date()
         do {
             let rowID = try await svc.log.begin(code: req.code, name: req.name, containerID: id, queuedAt: queuedAt, startedAt: startedAt)
-            let run = LiveRun(rowID: rowID, containerID: id, request: req, startedAt: startedAt)
+            let run = LiveRun(rowID: rowID, containerID: id, request: req, startedAt: startedAt, recordsSamples: recordsSamples)
             svc.live.add(run)
             return run
         } catch {
@@ -73,10 +73,20 @@ struct ExecuteController: Sendable {
     /// The run, its row completed, its slot released. The row is committed before the result is returned.
     func finish(_ run: LiveRun) async -> ExecutionResult {
         let t1 = ContinuousClock.now
+        // The run's samples, kept (thinned past 2000) when they are to be stored.
+        let recorder: Task<[LiveSample], Never>? = run.recordsSamples ? { [events = run.events.subscribe()] in
+            Task {
+                var rec = SampleRecorder()
+                var last: LiveSample?
+                for await e in events { if case .sample(let s) = e { rec.add(s); last = s } }
+                return rec.finish(last: last)
+            }
+        }() : nil
         let result = await svc.sandbox.run(run.request, id: run.containerID, events: run.events)
+        let samples = await recorder?.value ?? []
         let t2 = ContinuousClock.now
         do {
-            try await svc.log.finish(id: run.rowID, result: result, finishedAt: Date())
+            try await svc.log.finish(id: run.rowID, result: result, finishedAt: Date(), samples: samples)
         } catch {
             // The program ran: its result is the client's. The row is completed by the
             // log's upkeep once the database can be written again.
@@ -104,7 +114,7 @@ struct ExecuteController: Sendable {
         return Response(status: .ok, headers: headers, body: ResponseBody { writer in
             var sse = SSEWriter(run)
             do {
-                try await sse.send(events, to: &writer, keepAlive: svc.config.keepAlive)
+                try await sse.send(events, of: run, to: &writer, keepAlive: svc.config.keepAlive)
                 try await writer.finish(nil)
             } catch {
                 if !detach && svc.sandbox.cancel(id: run.containerID, reason: "the streaming client disconnected") {
@@ -123,6 +133,7 @@ struct LiveController: Sendable {
 
     func addRoutes(to router: Router<BasicRequestContext>) {
         router.get("executions/:id/events", use: watch)
+        router.get("executions/:id/samples", use: samples)
         router.delete("executions/:id", use: cancel)
     }
 
@@ -143,7 +154,7 @@ struct LiveController: Sendable {
 
     @Sendable func watch(_ request: Request, context: BasicRequestContext) async throws -> Response {
         let id = try rowID(context)
-        guard let run = svc.live.get(id) else { throw try await notLive(id) }
+        guard let run = svc.live.get(id) else { return try await replay(id) }
         let events = run.events.subscribe()
         var headers: HTTPFields = [.contentType: "text/event-stream", .cacheControl: "no-store"]
         headers[HTTPField.Name("X-Execution-Id")!] = String(id)
@@ -151,9 +162,44 @@ struct LiveController: Sendable {
         return Response(status: .ok, headers: headers, body: ResponseBody { writer in
             var sse = SSEWriter(run)
             try await sse.started(run, to: &writer)
-            try await sse.send(events, to: &writer, keepAlive: keepAlive)
+            try await sse.send(events, of: run, to: &writer, keepAlive: keepAlive)
             try await writer.finish(nil)
         })
+    }
+
+    /// A finished run's events from the log: started, its stored samples, its result.
+    func replay(_ id: Int64) async throws -> Response {
+        guard let record = try await svc.log.get(id: id) else {
+            throw APIError(.notFound, "not_found", "no execution with id \(id)")
+        }
+        guard record.status != "running" else {
+            // Logged as running but not run here: another instance's, or one that is ending now.
+            throw APIError(.conflict, "not_here", "execution \(id) is running but not in this service instance")
+        }
+        let samples = try await svc.log.series(id: id)
+        let result = record.result()
+        var sse = SSEWriter(rowID: id, name: result.containerName)
+        var frames = sse.frames(.started(id: result.containerID, at: result.startedAt))
+        for s in samples { frames += sse.frames(.sample(s)) }
+        frames += sse.frames(.result(result))
+        var headers: HTTPFields = [.contentType: "text/event-stream", .cacheControl: "no-store"]
+        headers[HTTPField.Name("X-Execution-Id")!] = String(id)
+        var body = ByteBuffer()
+        for var f in frames { body.writeBuffer(&f) }
+        return Response(status: .ok, headers: headers, body: .init(byteBuffer: body))
+    }
+
+    /// GET /executions/{id}/samples: the stored series.
+    @Sendable func samples(_ request: Request, context: BasicRequestContext) async throws -> Response {
+        let id = try rowID(context)
+        guard try await svc.log.get(id: id) != nil else {
+            throw APIError(.notFound, "not_found", "no execution with id \(id)")
+        }
+        let samples = try await svc.log.series(id: id)
+        var w = JSONWriter()
+        w.field("execution_id", id)
+        w.field("samples", json: "[" + samples.map { $0.json() }.joined(separator: ",") + "]")
+        return JSONBody.response(w.finish())
     }
 
     @Sendable func cancel(_ request: Request, context: BasicRequestContext) async throws -> Response {

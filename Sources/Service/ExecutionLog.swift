@@ -10,9 +10,10 @@ public protocol ExecutionLog: Sendable {
     func prepare(progress: @escaping (String) -> Void) throws -> MigrationReport
     /// Records a run that is about to start (status `running`); returns its id.
     func begin(code: String, name: String, containerID: String, queuedAt: Date, startedAt: Date) async throws -> Int64
-    /// Completes a run's record. A result that cannot be written yet is kept and written
-    /// by a later `maintain` (the error is still thrown, for the caller to log).
-    func finish(id: Int64, result: ExecutionResult, finishedAt: Date) async throws
+    /// Completes a run's record, with the samples taken while it was watched (in the
+    /// same transaction). A result that cannot be written yet is kept and written by a
+    /// later `maintain` (the error is still thrown, for the caller to log).
+    func finish(id: Int64, result: ExecutionResult, finishedAt: Date, samples: [LiveSample]) async throws
     /// Records of this host still `running` belong to an instance that died: marks
     /// them `interrupted` and returns how many.
     @discardableResult
@@ -24,11 +25,16 @@ public protocol ExecutionLog: Sendable {
     func list(_ query: LogQuery) async throws -> [ExecutionRecord]
     /// One full record.
     func get(id: Int64) async throws -> ExecutionRecord?
+    /// The stored samples of one run, in time order (empty when none were taken).
+    func series(id: Int64) async throws -> [LiveSample]
     /// The numbers `ExecutionStats` aggregates, of finished runs created in the window.
     func samples(since: Date?, until: Date?) async throws -> [RunSample]
 }
 
 extension ExecutionLog {
+    public func finish(id: Int64, result: ExecutionResult, finishedAt: Date) async throws {
+        try await finish(id: id, result: result, finishedAt: finishedAt, samples: [])
+    }
     @discardableResult
     public func maintain(_ retention: Retention) async throws -> MaintenanceReport {
         try await maintain(retention, now: Date())
@@ -39,7 +45,9 @@ public struct MigrationReport: Sendable {
     public var createdTable = false
     public var addedColumns: [String] = []
     public var rows = 0
-    public var nothingToDo: Bool { !createdTable && addedColumns.isEmpty }
+    /// Other changes (new tables).
+    public var otherSteps: [String] = []
+    public var nothingToDo: Bool { !createdTable && addedColumns.isEmpty && otherSteps.isEmpty }
     public init() {}
 }
 
@@ -97,6 +105,16 @@ public struct ExecutionRecord: Sendable, Equatable {
     public var containerName: String? { if case .string(let s)? = values["container_name"] { s } else { nil } }
     public var output: String? { if case .string(let s)? = values["output"] { s } else { nil } }
     public var success: Bool? { if case .bool(let b)? = values["success"] { b } else { nil } }
+
+    /// The record read back as the result the run returned (a legacy row's missing
+    /// fields keep their defaults; the output is what the log kept, see `logTruncated`).
+    public func result() -> ExecutionResult {
+        var r = ExecutionResult(containerID: "", containerName: containerName ?? "", startedAt: createdAt ?? Date(timeIntervalSince1970: 0))
+        for f in ExecutionResult.schema {
+            if let v = values[f.name], !v.isNull { f.assign(v, to: &r) }
+        }
+        return r
+    }
 
     /// The record as the API answers it: `id`, the result's fields in their order, then
     /// the log's columns; a full record has `code` too.
@@ -184,5 +202,35 @@ public struct ExecutionStats: Sendable, Equatable {
         w.field("since", since.map(ExecutionResult.timestamp))
         w.field("until", until.map(ExecutionResult.timestamp))
         return w.finish()
+    }
+}
+
+/// Keeps at most `cap` samples of a run of any length: when full, every other one is
+/// dropped and from then on only every `stride`-th is kept, so the whole run stays covered.
+public struct SampleRecorder: Sendable {
+    public private(set) var samples: [LiveSample] = []
+    public let cap: Int
+    private var stride = 1
+    private var seen = 0
+
+    public init(cap: Int = 2000) { self.cap = max(2, cap) }
+
+    public mutating func add(_ s: LiveSample) {
+        defer { seen += 1 }
+        guard seen % stride == 0 else { return }
+        samples.append(s)
+        if samples.count >= cap {
+            samples = samples.enumerated().filter { $0.offset % 2 == 0 }.map(\.element)
+            stride *= 2
+        }
+    }
+
+    /// The last sample (taken after the program's end) is always kept.
+    public mutating func finish(last: LiveSample?) -> [LiveSample] {
+        if let last, samples.last != last {
+            if samples.count >= cap { samples.removeLast() }
+            samples.append(last)
+        }
+        return samples
     }
 }

@@ -11,12 +11,15 @@ public final class LiveRun: Sendable {
     public let request: ExecutionRequest
     public let startedAt: Date
     public let events = RunEvents()
+    /// Its samples are stored (a streamed run, or `"samples": true`).
+    public let recordsSamples: Bool
 
-    init(rowID: Int64, containerID: String, request: ExecutionRequest, startedAt: Date) {
+    init(rowID: Int64, containerID: String, request: ExecutionRequest, startedAt: Date, recordsSamples: Bool) {
         self.rowID = rowID
         self.containerID = containerID
         self.request = request
         self.startedAt = startedAt
+        self.recordsSamples = recordsSamples
     }
 }
 
@@ -72,6 +75,11 @@ struct SSEWriter {
     init(_ run: LiveRun) {
         rowID = run.rowID
         name = run.request.name
+    }
+
+    init(rowID: Int64, name: String) {
+        self.rowID = rowID
+        self.name = name
     }
 
     enum Item: Sendable { case event(RunEvent), keepAlive }
@@ -135,7 +143,7 @@ struct SSEWriter {
 
     /// Sends every event of `events` until its end (after `result`), with a comment
     /// line after `keepAlive` without an event.
-    mutating func send(_ events: AsyncStream<RunEvent>, to writer: inout any ResponseBodyWriter, keepAlive: Duration) async throws {
+    mutating func send(_ events: AsyncStream<RunEvent>, of run: LiveRun, to writer: inout any ResponseBodyWriter, keepAlive: Duration) async throws {
         let (items, sink) = AsyncStream.makeStream(of: Item.self)
         let forward = Task {
             for await e in events { sink.yield(.event(e)) }
@@ -162,5 +170,7 @@ struct SSEWriter {
                 if case .result = e { return }
             }
         }
+        // Subscribed just as the run ended: its result is kept.
+        if let r = run.events.result { try await writer.write(contentsOf: frames(.result(r))) }
     }
 }

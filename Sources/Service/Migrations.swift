@@ -68,10 +68,43 @@ public enum Schema {
                 log.say("added column \(name) \(type)")
             }
             for sql in indexes { try db.execute(sql: sql) }
-            log.report.withLock { $0 = report }
+            log.report.withLock { r in
+                r.createdTable = report.createdTable
+                r.rows = report.rows
+                r.addedColumns += report.addedColumns
+            }
+        }
+        // Live runs: the truncation flags (a record read back is the result), and the
+        // samples of watched runs.
+        m.registerMigration("v2 truncation flags and execution_samples") { db in
+            let existing = Set(try db.columns(in: "execution_logs").map { $0.name.lowercased() })
+            for (name, type) in [("stdout_truncated", "BOOLEAN"), ("stderr_truncated", "BOOLEAN")] where !existing.contains(name) {
+                try db.execute(sql: "ALTER TABLE execution_logs ADD COLUMN \(name) \(type)")
+                log.say("added column \(name) \(type)")
+                log.report.withLock { $0.addedColumns.append(name) }
+            }
+            if try !db.tableExists("execution_samples") {
+                try db.execute(sql: samplesTable)
+                log.say("created table execution_samples")
+                log.report.withLock { $0.otherSteps.append("created table execution_samples") }
+            }
+            try db.execute(sql: "CREATE INDEX IF NOT EXISTS execution_samples_execution_id ON execution_samples (execution_id, t)")
         }
         return m
     }
+
+    /// A watched run's samples: `t` is seconds since execve, the rest as in a sample event.
+    public static let samplesTable = """
+        CREATE TABLE IF NOT EXISTS execution_samples (
+          execution_id INTEGER NOT NULL,
+          t REAL NOT NULL,
+          cpu_user_time REAL, cpu_system_time REAL, cpu_percent REAL,
+          memory_usage INTEGER, memory_peak INTEGER,
+          block_io_read INTEGER, block_io_write INTEGER,
+          network_io_rx INTEGER, network_io_tx INTEGER,
+          pids_count INTEGER
+        )
+        """
 
     /// Lines and the report of one `migrate` (migrations run in `@Sendable` closures).
     final class MigrationLog: Sendable {
@@ -85,15 +118,15 @@ public enum Schema {
     public static func migrate(_ writer: any DatabaseWriter, progress: (String) -> Void = { _ in }) throws -> Report {
         let log = MigrationLog()
         let migrator = migrator(log)
-        if try writer.read({ try migrator.hasCompletedMigrations($0) }) {
+        // The first migration reports what the table has; once it is applied, this does.
+        if try writer.read({ try migrator.appliedIdentifiers($0).contains("v1 execution_logs with metrics") }) {
             let (columns, rows) = try writer.read { db in
                 (try db.columns(in: "execution_logs").count, try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM execution_logs") ?? 0)
             }
             log.say("execution_logs has \(columns) columns and \(rows) rows")
             log.report.withLock { $0.rows = rows }
-        } else {
-            try migrator.migrate(writer)
         }
+        try migrator.migrate(writer)
         let report = log.report.withLock { $0 }
         if report.nothingToDo { log.say("nothing to do: the schema is current") }
         for line in log.lines.withLock({ $0 }) { progress(line) }

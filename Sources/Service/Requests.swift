@@ -22,7 +22,7 @@ enum JSONKind: String, Decodable {
 struct ExecuteBody: Decodable {
     static let known: Set<String> = ["code", "stdin", "args", "container_name", "time_limit", "cpu_limit",
                                      "memory_limit", "pids_limit", "output_limit", "runtime",
-                                     "stream", "detach", "sample_interval"]
+                                     "stream", "detach", "sample_interval", "samples"]
 
     var code: String
     var stdin: String?
@@ -37,6 +37,7 @@ struct ExecuteBody: Decodable {
     var stream: Bool?
     var detach: Bool?
     var sampleInterval: Double?
+    var samples: Bool?
 
     static func invalid(_ detail: String) -> APIError { APIError(.badRequest, "invalid_request", detail) }
 
@@ -82,6 +83,7 @@ struct ExecuteBody: Decodable {
         stream = try field("stream", Bool.self, "a boolean")
         detach = try field("detach", Bool.self, "a boolean")
         sampleInterval = try field("sample_interval", Double.self, "a number")
+        samples = try field("samples", Bool.self, "a boolean")
     }
 
     /// Decodes a body: invalid JSON is `invalid_json`, the rest as above.

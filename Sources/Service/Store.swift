@@ -17,7 +17,7 @@ public final class ExecutionStore: ExecutionLog {
     public let outputLimit: Int
     /// Results whose row could not be completed (disk full, I/O error), retried by
     /// `maintain()` so that the log catches up by itself once it can be written.
-    let unfinished = Mutex<[(id: Int64, result: ExecutionResult, finishedAt: Date)]>([])
+    let unfinished = Mutex<[(id: Int64, result: ExecutionResult, finishedAt: Date, samples: [LiveSample])]>([])
 
     public func prepare(progress: @escaping (String) -> Void = { _ in }) throws -> MigrationReport {
         try Schema.migrate(pool, progress: progress)
@@ -97,12 +97,12 @@ public final class ExecutionStore: ExecutionLog {
 
     /// Completes a row with the run's result. When the database cannot be written
     /// (full disk, I/O error), the result is kept and written by a later `maintain()`.
-    public func finish(id: Int64, result r: ExecutionResult, finishedAt: Date) async throws {
+    public func finish(id: Int64, result r: ExecutionResult, finishedAt: Date, samples: [LiveSample]) async throws {
         do {
-            try await finishRow(id: id, result: r, finishedAt: finishedAt)
+            try await finishRow(id: id, result: r, finishedAt: finishedAt, samples: samples)
         } catch {
             unfinished.withLock { list in
-                if list.count < 10_000 { list.append((id, r, finishedAt)) }
+                if list.count < 10_000 { list.append((id, r, finishedAt, samples)) }
             }
             throw error
         }
@@ -141,7 +141,12 @@ public final class ExecutionStore: ExecutionLog {
         }
     }
 
-    func finishRow(id: Int64, result r: ExecutionResult, finishedAt: Date) async throws {
+    static let sampleColumns = ["execution_id", "t", "cpu_user_time", "cpu_system_time", "cpu_percent", "memory_usage", "memory_peak",
+                                "block_io_read", "block_io_write", "network_io_rx", "network_io_tx", "pids_count"]
+    static let insertSampleSQL = "INSERT INTO execution_samples (\(sampleColumns.joined(separator: ", "))) VALUES ("
+        + sampleColumns.map { _ in "?" }.joined(separator: ", ") + ")"
+
+    func finishRow(id: Int64, result r: ExecutionResult, finishedAt: Date, samples: [LiveSample]) async throws {
         let (output, outCut) = Self.capped(r.output, outputLimit)
         let (errorText, errCut) = Self.capped(r.error, outputLimit)
         var values: [DatabaseValue] = Self.finishedFields.map { f in
@@ -153,8 +158,39 @@ public final class ExecutionStore: ExecutionLog {
         }
         values += [finishedAt.databaseValue, (outCut || errCut).databaseValue, id.databaseValue]
         let arguments = StatementArguments(values)
+        let rows = samples.map { s -> StatementArguments in
+            StatementArguments([id.databaseValue, s.elapsed.databaseValue, s.cpuUserTime.databaseValue, s.cpuSystemTime.databaseValue,
+                                s.cpuPercent.databaseValue, s.memoryUsage.databaseValue, s.memoryPeak.databaseValue,
+                                s.blockIORead.databaseValue, s.blockIOWrite.databaseValue, s.networkIORx.databaseValue,
+                                s.networkIOTx.databaseValue, s.pidsCount.databaseValue])
+        }
         try await write { db in
             try db.execute(sql: Self.updateSQL, arguments: arguments)
+            if !rows.isEmpty {
+                try db.execute(sql: "DELETE FROM execution_samples WHERE execution_id = ?", arguments: [id])  // a retried write
+                let statement = try db.cachedStatement(sql: Self.insertSampleSQL)
+                for args in rows { try statement.execute(arguments: args) }
+            }
+        }
+    }
+
+    public func series(id: Int64) async throws -> [LiveSample] {
+        try await pool.read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM execution_samples WHERE execution_id = ? ORDER BY t, rowid", arguments: [id]).map { row in
+                func v(_ n: String) -> DatabaseValue { row[n] as DatabaseValue? ?? .null }
+                var s = LiveSample(elapsed: Double.fromDatabaseValue(v("t")) ?? 0)
+                s.cpuUserTime = Double.fromDatabaseValue(v("cpu_user_time"))
+                s.cpuSystemTime = Double.fromDatabaseValue(v("cpu_system_time"))
+                s.cpuPercent = Double.fromDatabaseValue(v("cpu_percent"))
+                s.memoryUsage = Int64.fromDatabaseValue(v("memory_usage"))
+                s.memoryPeak = Int64.fromDatabaseValue(v("memory_peak"))
+                s.blockIORead = Int64.fromDatabaseValue(v("block_io_read"))
+                s.blockIOWrite = Int64.fromDatabaseValue(v("block_io_write"))
+                s.networkIORx = Int64.fromDatabaseValue(v("network_io_rx"))
+                s.networkIOTx = Int64.fromDatabaseValue(v("network_io_tx"))
+                s.pidsCount = Int64.fromDatabaseValue(v("pids_count"))
+                return s
+            }
         }
     }
 
@@ -171,7 +207,7 @@ public final class ExecutionStore: ExecutionLog {
         }
         for (i, p) in pending.enumerated() {
             do {
-                try await finishRow(id: p.id, result: p.result, finishedAt: p.finishedAt)
+                try await finishRow(id: p.id, result: p.result, finishedAt: p.finishedAt, samples: p.samples)
                 report.completed += 1
             } catch {
                 unfinished.withLock { $0.append(contentsOf: pending[i...]) }
@@ -192,6 +228,9 @@ public final class ExecutionStore: ExecutionLog {
                       (SELECT id FROM execution_logs ORDER BY id DESC LIMIT 1 OFFSET ?)
                     """, arguments: [max(0, rows)])
                 n += db.changesCount
+            }
+            if n > 0 {
+                try db.execute(sql: "DELETE FROM execution_samples WHERE execution_id NOT IN (SELECT id FROM execution_logs)")
             }
             return n
         }

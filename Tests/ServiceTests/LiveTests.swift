@@ -1,5 +1,6 @@
 import CgroupKit
 import Foundation
+import HTTPTypes
 import Hummingbird
 import HummingbirdTesting
 import Sandbox
@@ -233,7 +234,17 @@ struct LiveRunTests {
             #expect(again.0 == 409)
             #expect(try await httpRequest(port: port, "DELETE", "/executions/987654").0 == 404)
             #expect(try await httpRequest(port: port, "GET", "/executions/987654/events").0 == 404)
-            #expect(try await httpRequest(port: port, "GET", "/executions/\(rowID)/events").0 == 409)
+            // A finished run replays: started, its stored samples, its result, as streamed.
+            let replay = await sseExchange(port: port, "GET", "/executions/\(rowID)/events")
+            conforms(replay)
+            #expect(replay.events.map(\.name).first == "started" && replay.events.last?.name == "result")
+            #expect(replay.events.last?.data == main.events.last?.data, "the replayed result is the streamed one")
+            let streamedSamples = main.named("sample").map(\.data), replayed = replay.named("sample").map(\.data)
+            #expect(replayed == streamedSamples, "\(replayed.count) replayed vs \(streamedSamples.count) streamed samples")
+            let (ss, series) = try await httpRequest(port: port, "GET", "/executions/\(rowID)/samples")
+            let seriesObj = try JSONSerialization.jsonObject(with: Data(series.utf8))
+            #expect(ss == 200 && openAPI.validate(seriesObj, path: "/executions/{id}/samples", method: "get", status: 200).isEmpty)
+            #expect(((seriesObj as? [String: Any])?["samples"] as? [Any])?.count == streamedSamples.count)
             await svc.sandbox.quiesce()
             #expect(try liveCgroups(containerID).isEmpty)
             #expect(processes(matching: containerID).isEmpty)
@@ -269,6 +280,14 @@ struct LiveRunTests {
             }
             #expect(status == "ok")
             #expect(try await svc.log.get(id: id2)?.output == "still here\n")
+            // A plain run stores samples only when asked.
+            let asked = try await client.post("/execute", #"{"code": "import time\ntime.sleep(0.4)", "samples": true, "sample_interval": 0.05}"#)
+            let plain = try await client.post("/execute", #"{"code": "import time\ntime.sleep(0.2)", "sample_interval": 0.05}"#)
+            for (r, least) in [(asked, 6), (plain, 0)] {
+                let rid = try #require(r.headers[HTTPField.Name("X-Execution-Id")!].flatMap { Int64($0) })
+                let series = try await svc.log.series(id: rid)
+                #expect(least == 0 ? series.isEmpty : series.count >= least, "\(series.count) samples stored")
+            }
         }
     }
 

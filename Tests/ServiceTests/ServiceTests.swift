@@ -173,7 +173,8 @@ struct ServiceBasicsTests {
         let store = try ExecutionStore(path: path)
         var lines: [String] = []
         let first = try Schema.migrate(store.pool) { lines.append($0) }
-        #expect(first.addedColumns.count == Schema.addedColumns.count)
+        #expect(first.addedColumns == Schema.addedColumns.map(\.name) + ["stdout_truncated", "stderr_truncated"])
+        #expect(lines.contains("created table execution_samples"))
         #expect(first.rows == 3)
         #expect(lines.contains("added column cpu_user_time REAL"))
         let columns = try store.pool.read { db in try db.columns(in: "execution_logs").map { ($0.name, $0.type) } }
@@ -696,7 +697,7 @@ struct LogRetentionTests {
         try Schema.migrate(store.pool)
         let id = try await store.begin(code: "c", name: "late", containerID: "x", queuedAt: Date(), startedAt: Date())
         // As finish() leaves it when the database cannot be written.
-        store.unfinished.withLock { $0.append((id, result("done"), Date())) }
+        store.unfinished.withLock { $0.append((id, result("done"), Date(), [])) }
         #expect(dict(try await store.get(id: id))?["status"] as? String == "running")
         let r = try await store.maintain(.init(days: nil, rows: nil))
         #expect(r.completed == 1)

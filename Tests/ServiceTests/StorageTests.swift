@@ -38,8 +38,16 @@ enum ExecutionLogContract {
         let t0 = Date(timeIntervalSince1970: 1_764_000_000)
         let id1 = try await log.begin(code: "print(1)", name: "a", containerID: "cid-a", queuedAt: t0, startedAt: t0)
         #expect(try await log.get(id: id1)?.status == "running")
-        let r1 = result("a")
-        try await log.finish(id: id1, result: r1, finishedAt: t0.addingTimeInterval(1))
+        var r1 = result("a")
+        r1.stdoutTruncated = true
+        let series = (0..<5).map { i -> LiveSample in
+            var s = LiveSample(elapsed: 0.25 * Double(i + 1))
+            s.cpuUserTime = 0.01 * Double(i)
+            s.memoryUsage = Int64(i) << 20
+            s.pidsCount = i == 4 ? nil : 1
+            return s
+        }
+        try await log.finish(id: id1, result: r1, finishedAt: t0.addingTimeInterval(1), samples: series)
         let full = try #require(try await log.get(id: id1))
         #expect(full.isDetail && full.code == "print(1)" && full.output == "out")
         for f in ExecutionResult.schema where f.storage != .none {
@@ -47,6 +55,8 @@ enum ExecutionLogContract {
         }
         #expect(full.finishedAt.map { abs($0.timeIntervalSince(t0) - 1) < 0.01 } == true)
         #expect(full.logTruncated == false)
+        #expect(full.result() == r1, "a record reads back as the result")
+        #expect(try await log.series(id: id1) == series)
 
         // a list of summaries, newest first, filters and the cursor
         let id2 = try await log.begin(code: "x", name: "b", containerID: "cid-b", queuedAt: t0, startedAt: t0.addingTimeInterval(10))
@@ -81,6 +91,7 @@ enum ExecutionLogContract {
         #expect(report.deleted == 2)
         #expect(try await log.list(LogQuery()).map(\.id) == [id4, id3])
         #expect(try await log.get(id: id1) == nil)
+        #expect(try await log.series(id: id1).isEmpty, "a deleted run's samples go with it")
     }
 }
 
@@ -101,6 +112,21 @@ struct StorageTests {
         try store.prepare()
         // A stored field without a column needs a migration in Schema.migrator.
         #expect(try store.pool.read { try Schema.missingColumns($0) } == [])
+    }
+
+    @Test func longRunsKeepAtMost2000SamplesCoveringTheWholeRun() {
+        var rec = SampleRecorder(cap: 2000)
+        var last: LiveSample?
+        for i in 0..<100_000 {
+            let s = LiveSample(elapsed: Double(i) * 0.01)
+            rec.add(s)
+            last = s
+        }
+        let kept = rec.finish(last: last)
+        #expect(kept.count <= 2000 && kept.count >= 1000, "\(kept.count)")
+        #expect(kept.first?.elapsed == 0 && kept.last == last)
+        let gaps = zip(kept, kept.dropFirst()).map { $1.elapsed - $0.elapsed }
+        #expect((gaps.max() ?? 0) <= 0.01 * 64 + 1e-9, "evenly thinned")
     }
 
     @Test func percentilesAreNearestRank() {
