@@ -87,25 +87,44 @@ public enum StatParse {
 
     /// /proc/<pid>/io: `read_bytes` and `write_bytes` (block-layer bytes caused by the task and
     /// the children it reaped).
-    public static func procIO(_ text: String) -> (readBytes: UInt64, writeBytes: UInt64)? {
+    /// /proc/<pid>/io: block reads, bytes dirtied for storage, and of those the ones
+    /// whose writeback was cancelled (the file was truncated or deleted first).
+    public static func procIO(_ text: String) -> (readBytes: UInt64, writeBytes: UInt64, cancelledWriteBytes: UInt64)? {
         let kv = flatKeyed(text.replacingColonSpace())
         guard let r = kv["read_bytes"], let w = kv["write_bytes"] else { return nil }
-        return (r, w)
+        return (r, w, kv["cancelled_write_bytes"] ?? 0)
     }
 
-    /// /proc/net/dev: per interface rx/tx bytes; returns the sums over all interfaces.
-    public static func netDev(_ text: String) -> (rxBytes: UInt64, txBytes: UInt64)? {
-        var rx: UInt64 = 0, tx: UInt64 = 0
+    /// /proc/net/dev of a namespace: rx/tx summed over its interfaces but `lo`, and the
+    /// bytes through `lo` (each counted once: what was received there was sent there).
+    public struct NetDevCounters: Sendable, Equatable {
+        public var rxBytes: UInt64 = 0
+        public var txBytes: UInt64 = 0
+        public var loopbackBytes: UInt64 = 0
+        public var loopbackTxBytes: UInt64 = 0
+        public init() {}
+        /// No byte went through any interface.
+        public var isQuiet: Bool { rxBytes == 0 && txBytes == 0 && loopbackBytes == 0 && loopbackTxBytes == 0 }
+    }
+
+    public static func netDev(_ text: String) -> NetDevCounters? {
+        var c = NetDevCounters()
         var seen = false
         for line in text.split(separator: "\n") {
             guard let colon = line.firstIndex(of: ":") else { continue }
+            let name = line[..<colon].split(separator: " ").last.map(String.init) ?? ""
             let fields = line[line.index(after: colon)...].split(separator: " ", omittingEmptySubsequences: true)
             guard fields.count >= 16, let r = UInt64(fields[0]), let t = UInt64(fields[8]) else { continue }
-            rx &+= r
-            tx &+= t
+            if name == "lo" {
+                c.loopbackBytes &+= r
+                c.loopbackTxBytes &+= t
+            } else {
+                c.rxBytes &+= r
+                c.txBytes &+= t
+            }
             seen = true
         }
-        return seen ? (rx, tx) : nil
+        return seen ? c : nil
     }
 }
 

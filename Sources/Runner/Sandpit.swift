@@ -35,6 +35,11 @@ struct Run: AsyncParsableCommand {
     @Option(help: "A prepared root directory to take system directories from.") var rootfs: String = "/"
     @Option(help: "The interpreter inside the sandbox.") var python: String = "/usr/bin/python3"
     @Option(help: "A file whose bytes become the program's standard input.") var stdin: String?
+    @Flag(help: "Pass the program's output through as it comes, with a status line on stderr (elapsed, CPU, memory, I/O, tasks), redrawn in place on a terminal.")
+    var live = false
+    @Flag(help: "Print the run's events (started, stdout, stderr, sample, limit, result) as JSON lines on stdout.")
+    var events = false
+    @Option(help: "Seconds between samples for --live and --events (0.01 to 60).") var sampleInterval: Double = 0.25
 
     func validate() throws {
         if code == nil && file == nil { throw ValidationError("give a FILE, -c CODE or - (standard input)") }
@@ -46,6 +51,8 @@ struct Run: AsyncParsableCommand {
         if pidsLimit < 1 { throw ValidationError("--pids-limit must be at least 1") }
         if outputLimit < 0 { throw ValidationError("--output-limit must not be negative") }
         if scratchSize < 4 << 20 { throw ValidationError("--scratch-size must be at least 4 MiB") }
+        if !(0.01...60).contains(sampleInterval) { throw ValidationError("--sample-interval must be between 0.01 and 60") }
+        if [live, events, json].filter({ $0 }).count > 1 { throw ValidationError("--live, --events and --json exclude each other") }
     }
 
     func run() async throws {
@@ -82,8 +89,27 @@ struct Run: AsyncParsableCommand {
         // One run: cloning this small process is cheaper than starting a launcher, and
         // nothing is prepared or kept for a next run.
         let sandbox = Sandbox(settings: .oneShot(), logger: logger)
-        let result = await sandbox.run(req)
-        if json {
+        req.sampleInterval = (sampleInterval * 1000).rounded() / 1000
+        let runEvents = live || events ? RunEvents() : nil
+        let consumer = runEvents.map { ev in
+            let stream = ev.subscribe()
+            let (events, name) = (self.events, self.name)
+            return Task { () -> [UInt8] in
+                if events { await EventLines.print(stream, name: name); return [] }
+                return await LiveStatus.follow(stream)
+            }
+        }
+        let result = await sandbox.run(req, events: runEvents)
+        let streamedStderr = await consumer?.value ?? []
+        if events {
+            // everything was in the events
+        } else if live {
+            // The program's stderr went by already; the sandbox's own reason did not.
+            if let e = result.error, e != String(decoding: streamedStderr, as: UTF8.self) {
+                FileHandle.standardError.write(Data(e.utf8))
+            }
+            FileHandle.standardError.write(Data(MetricsTable.render(result).utf8))
+        } else if json {
             print(result.jsonString(pretty: true))
         } else {
             FileHandle.standardOutput.write(Data(result.output.utf8))
@@ -120,5 +146,70 @@ enum MetricsTable {
             lines.append("output truncated: stdout \(r.stdoutTruncated) stderr \(r.stderrTruncated)")
         }
         return lines.joined(separator: "\n") + "\n"
+    }
+}
+
+/// `sandpit run --events`: each event as one JSON object with its name in `event`.
+enum EventLines {
+    static func print(_ stream: AsyncStream<RunEvent>, name: String) async {
+        var encoder = EventEncoder(rowID: nil, name: name)
+        for await e in stream {
+            for (event, json) in encoder.encode(e) {
+                let line = #"{"event":"\#(event)""# + (json == "{}" ? "}" : "," + json.dropFirst()) + "\n"
+                FileHandle.standardOutput.write(Data(line.utf8))
+            }
+        }
+    }
+}
+
+/// `sandpit run --live`: the program's output as it comes, and one status line on
+/// stderr, redrawn in place on a terminal (a plain line per sample otherwise).
+enum LiveStatus {
+    /// Returns the stderr bytes it passed through.
+    static func follow(_ stream: AsyncStream<RunEvent>) async -> [UInt8] {
+        let tty = isatty(2) == 1
+        var status = ""
+        var stderr: [UInt8] = []
+        func clear() { if tty && !status.isEmpty { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) } }
+        func draw() { if tty && !status.isEmpty { FileHandle.standardError.write(Data(status.utf8)) } }
+        for await e in stream {
+            switch e {
+            case .output(.stdout, let bytes):
+                clear()
+                FileHandle.standardOutput.write(Data(bytes))
+                draw()
+            case .output(.stderr, let bytes):
+                stderr += bytes
+                clear()
+                FileHandle.standardError.write(Data(bytes))
+                draw()
+            case .sample(let s):
+                clear()
+                status = line(s)
+                if tty { draw() } else { FileHandle.standardError.write(Data((status + "\n").utf8)) }
+            case .limitHit(let kind):
+                clear()
+                FileHandle.standardError.write(Data("sandpit: limit reached: \(kind)\n".utf8))
+                draw()
+            case .result:
+                clear()
+                status = ""
+            case .started:
+                break
+            }
+        }
+        return stderr
+    }
+
+    static func line(_ s: LiveSample) -> String {
+        func b(_ v: Int64?) -> String {
+            guard let v else { return "-" }
+            if v >= 1 << 20 { return String(format: "%.1fM", Double(v) / 1048576) }
+            if v >= 1 << 10 { return String(format: "%.1fK", Double(v) / 1024) }
+            return "\(v)B"
+        }
+        let cpu = s.cpuPercent.map { String(format: "%.0f%%", $0) } ?? "-"
+        return String(format: "[sandpit %.1fs] ", s.elapsed) + "cpu \(cpu)  mem \(b(s.memoryUsage)) peak \(b(s.memoryPeak))"
+            + "  io r \(b(s.blockIORead)) w \(b(s.blockIOWrite))  net \(b(s.networkIORx))/\(b(s.networkIOTx))  tasks \(s.pidsCount.map(String.init) ?? "-")"
     }
 }

@@ -81,6 +81,8 @@ public struct LiveSample: Sendable, Equatable {
     /// Bytes through the run's network namespace so far.
     public var networkIORx: Int64?
     public var networkIOTx: Int64?
+    /// Bytes through the namespace's loopback interface so far.
+    public var networkIOLoopback: Int64?
     /// Tasks (processes and threads) alive now, the init excluded.
     public var pidsCount: Int64?
 
@@ -98,6 +100,7 @@ public struct LiveSample: Sendable, Equatable {
         w.field("block_io_write", blockIOWrite)
         w.field("network_io_rx", networkIORx)
         w.field("network_io_tx", networkIOTx)
+        w.field("network_io_loopback", networkIOLoopback)
         w.field("pids_count", pidsCount)
         return w.finish()
     }
@@ -156,7 +159,7 @@ struct LiveSampler {
         for p in Set(l.processes + [initPid]) {
             guard let io = SysFile.read("/proc/\(p)/io").flatMap(StatParse.procIO) else { continue }
             read += io.readBytes
-            write += io.writeBytes
+            write += io.writeBytes >= io.cancelledWriteBytes ? io.writeBytes - io.cancelledWriteBytes : 0
             readable = true
         }
         if readable {
@@ -166,7 +169,99 @@ struct LiveSampler {
         if let net = SysFile.read("/proc/\(initPid)/net/dev").flatMap(StatParse.netDev) {
             s.networkIORx = Int64(net.rxBytes)
             s.networkIOTx = Int64(net.txBytes)
+            s.networkIOLoopback = Int64(net.loopbackBytes)
         }
         return s
+    }
+}
+
+/// Cuts a byte stream at UTF-8 character boundaries: a character split across two
+/// reads is sent whole with the second.
+public struct UTF8Chunker: Sendable {
+    private var pending: [UInt8] = []
+
+    public init() {}
+
+    /// The bytes that end on a boundary; an incomplete last character waits for the next call.
+    public mutating func take(_ bytes: [UInt8]) -> [UInt8] {
+        var all = pending + bytes
+        pending = []
+        // Look back at most 3 bytes for the lead byte of a last, incomplete character.
+        var i = all.count - 1
+        while i >= 0 && i >= all.count - 4 {
+            let b = all[i]
+            if b & 0xC0 == 0x80 { i -= 1; continue }  // continuation byte
+            let need = b >= 0xF0 ? 4 : b >= 0xE0 ? 3 : b >= 0xC0 ? 2 : 1
+            if b >= 0xC0 && b < 0xF8 && all.count - i < need {
+                pending = Array(all[i...])
+                all.removeLast(all.count - i)
+            }
+            break
+        }
+        return all
+    }
+
+    /// What is still held back (at the end of the stream).
+    public mutating func flush() -> [UInt8] {
+        defer { pending = [] }
+        return pending
+    }
+}
+
+/// Turns a run's events into named JSON objects, the form both the HTTP stream (SSE)
+/// and `sandpit run --events` (JSON lines) send: `started`, `stdout`/`stderr`
+/// (`{"data"}` or `{"data_base64"}`, cut on character boundaries), `sample`, `limit`,
+/// `result`.
+public struct EventEncoder: Sendable {
+    let rowID: Int64?
+    let name: String
+    private var chunkers: [OutputChannel: UTF8Chunker] = [.stdout: UTF8Chunker(), .stderr: UTF8Chunker()]
+    private var sentStarted = false
+
+    public init(rowID: Int64?, name: String) {
+        self.rowID = rowID
+        self.name = name
+    }
+
+    /// `{"data": text}`, or `{"data_base64": ...}` when the bytes are not valid UTF-8.
+    public static func output(_ bytes: [UInt8]) -> String {
+        var w = JSONWriter()
+        if let text = String(validating: bytes, as: UTF8.self) {
+            w.field("data", text)
+        } else {
+            w.field("data_base64", Data(bytes).base64EncodedString())
+        }
+        return w.finish()
+    }
+
+    public mutating func encode(_ event: RunEvent) -> [(name: String, json: String)] {
+        switch event {
+        case .started(let id, let at):
+            guard !sentStarted else { return [] }
+            sentStarted = true
+            var w = JSONWriter()
+            if let rowID { w.field("id", rowID) }
+            w.field("container_id", id)
+            w.field("container_name", name)
+            w.field("started_at", ExecutionResult.timestamp(at))
+            return [("started", w.finish())]
+        case .output(let stream, let bytes):
+            let whole = chunkers[stream]!.take(bytes)
+            return whole.isEmpty ? [] : [(stream.rawValue, Self.output(whole))]
+        case .sample(let s):
+            return [("sample", s.json())]
+        case .limitHit(let kind):
+            var w = JSONWriter()
+            w.field("limit", kind)
+            return [("limit", w.finish())]
+        case .result(let r):
+            var out: [(name: String, json: String)] = []
+            for stream in [OutputChannel.stdout, .stderr] {
+                let rest = chunkers[stream]!.flush()
+                if !rest.isEmpty { out.append((stream.rawValue, Self.output(rest))) }
+            }
+            out.append(("result", r.jsonString()))
+            return out
+        }
     }
 }

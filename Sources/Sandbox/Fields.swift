@@ -132,6 +132,8 @@ extension ExecutionResult {
         .int("pids_count", \.pidsCount, unit: "tasks", v2: "pids.peak", v1: "pids.peak",
              "the most tasks (processes and threads) alive at once"),
         // sandpit's
+        .int("network_io_loopback", \.networkIOLoopback, unit: "bytes", v2: "/proc/net/dev lo", v1: "/proc/net/dev lo",
+             "bytes the run sent to itself over its loopback interface"),
         ResultField(name: "status", type: .string, nullable: false, unit: "", storage: .summary, sqlType: "TEXT",
                     v2: "", v1: "", doc: "how the run ended: " + RunStatus.allCases.map(\.rawValue).joined(separator: ", "),
                     get: { .string($0.status.rawValue) },

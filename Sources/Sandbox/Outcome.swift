@@ -27,17 +27,20 @@ struct RunCounters: Equatable, Sendable {
     var initCPUUsec: (user: UInt64, system: UInt64)?
     /// The init's own block I/O before the program started (it wrote the program file).
     var initIO: (read: Int64, write: Int64)?
-    /// Block I/O of the init, which reaped every task of the run (`/proc/<init>/io`).
-    var io: (read: UInt64, write: UInt64)?
-    /// Bytes over every interface of the run's network namespace.
+    /// Block I/O of the init, which reaped every task of the run (`/proc/<init>/io`):
+    /// reads, bytes dirtied, and of those the ones whose writeback was cancelled.
+    var io: (read: UInt64, write: UInt64, cancelled: UInt64)?
+    /// Bytes over the run's network namespace's interfaces but `lo`, and through `lo`.
     var net: (rx: UInt64, tx: UInt64)?
+    var loopback: UInt64?
     /// Highest `pids.current` sampled, where `pids.peak` is missing.
     var sampledMaxTasks: UInt64 = 0
 
     static func == (a: RunCounters, b: RunCounters) -> Bool {
         a.cgroup == b.cgroup && a.initCPUUsec?.user == b.initCPUUsec?.user && a.initCPUUsec?.system == b.initCPUUsec?.system
             && a.initIO?.read == b.initIO?.read && a.initIO?.write == b.initIO?.write
-            && a.io?.read == b.io?.read && a.io?.write == b.io?.write && a.net?.rx == b.net?.rx && a.net?.tx == b.net?.tx
+            && a.io?.read == b.io?.read && a.io?.write == b.io?.write && a.io?.cancelled == b.io?.cancelled
+            && a.net?.rx == b.net?.rx && a.net?.tx == b.net?.tx && a.loopback == b.loopback
             && a.sampledMaxTasks == b.sampledMaxTasks
     }
 }
@@ -136,13 +139,15 @@ enum ResultMapper {
         if let io = c.io {
             let base = c.initIO ?? (0, 0)
             r.blockIORead = max(0, Int64(io.read) - max(0, base.read))
-            r.blockIOWrite = max(0, Int64(io.write) - max(0, base.write))
+            // What reached, or will reach, storage: a file deleted before its writeback costs nothing.
+            r.blockIOWrite = max(0, Int64(io.write) - Int64(io.cancelled) - max(0, base.write))
         } else {
             warnings.append("task I/O accounting unavailable (CONFIG_TASK_IO_ACCOUNTING)")
         }
         if let net = c.net {
             r.networkIORx = Int64(net.rx)
             r.networkIOTx = Int64(net.tx)
+            r.networkIOLoopback = c.loopback.map { Int64($0) }
         } else {
             warnings.append("network counters unavailable")
         }

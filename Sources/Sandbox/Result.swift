@@ -36,6 +36,7 @@ public struct ExecutionResult: Sendable, Equatable {
     public var networkIOTx: Int64?
     public var pidsCount: Int64?
     // sandpit's fields
+    public var networkIOLoopback: Int64?
     public var status: RunStatus
     public var signal: Int?
     public var oomKilled: Bool

@@ -201,7 +201,7 @@ extension Execution {
             let n = sp_read_netdev_in_ns(nsfd, &buf, buf.count - 1)
             if n > 0 { net = StatParse.netDev(String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)) }
         }
-        if !initExited, let n = net, n.rxBytes == 0, n.txBytes == 0 {
+        if !initExited, let n = net, n.isQuiet {
             // (a lingering IPv6 flow label is the one thing a run can leave without traffic)
             let labels = SysFile.read("/proc/\(pid)/net/ip6_flowlabel") ?? ""
             netQuiet = labels.split(separator: "\n").count <= 1
@@ -251,8 +251,9 @@ extension Execution {
             counters.initIO = (rep.base_read_bytes, rep.base_write_bytes)
             if exited { counters.initCPUUsec = (UInt64(max(0, rep.base_user_usec)), UInt64(max(0, rep.base_sys_usec))) }
         }
-        counters.io = io.map { ($0.readBytes, $0.writeBytes) }
+        counters.io = io.map { ($0.readBytes, $0.writeBytes, $0.cancelledWriteBytes) }
         counters.net = net.map { ($0.rxBytes, $0.txBytes) }
+        counters.loopback = net?.loopbackBytes
         for w in ResultMapper.apply(counters, limits: lim, into: &result) { sandbox.logger.warning("run \(id): \(w)") }
         if var s = lastSample, let w = watchers {
             // Cumulative counters as the result has them (the same files, with the init's
@@ -265,6 +266,7 @@ extension Execution {
             s.blockIOWrite = result.blockIOWrite ?? s.blockIOWrite
             s.networkIORx = result.networkIORx ?? s.networkIORx
             s.networkIOTx = result.networkIOTx ?? s.networkIOTx
+            s.networkIOLoopback = result.networkIOLoopback ?? s.networkIOLoopback
             w.emit(.sample(s))
         }
         return result

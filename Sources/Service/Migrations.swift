@@ -90,7 +90,20 @@ public enum Schema {
             }
             try db.execute(sql: "CREATE INDEX IF NOT EXISTS execution_samples_execution_id ON execution_samples (execution_id, t)")
         }
+        m.registerMigration("v3 network_io_loopback") { db in
+            try addColumn(db, "network_io_loopback", "INTEGER", log)
+            if try !db.columns(in: "execution_samples").contains(where: { $0.name == "network_io_loopback" }) {
+                try db.execute(sql: "ALTER TABLE execution_samples ADD COLUMN network_io_loopback INTEGER")
+            }
+        }
         return m
+    }
+
+    static func addColumn(_ db: Database, _ name: String, _ type: String, _ log: MigrationLog) throws {
+        guard try !db.columns(in: "execution_logs").contains(where: { $0.name.lowercased() == name }) else { return }
+        try db.execute(sql: "ALTER TABLE execution_logs ADD COLUMN \(name) \(type)")
+        log.say("added column \(name) \(type)")
+        log.report.withLock { $0.addedColumns.append(name) }
     }
 
     /// A watched run's samples: `t` is seconds since execve, the rest as in a sample event.

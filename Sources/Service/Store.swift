@@ -142,7 +142,7 @@ public final class ExecutionStore: ExecutionLog {
     }
 
     static let sampleColumns = ["execution_id", "t", "cpu_user_time", "cpu_system_time", "cpu_percent", "memory_usage", "memory_peak",
-                                "block_io_read", "block_io_write", "network_io_rx", "network_io_tx", "pids_count"]
+                                "block_io_read", "block_io_write", "network_io_rx", "network_io_tx", "pids_count", "network_io_loopback"]
     static let insertSampleSQL = "INSERT INTO execution_samples (\(sampleColumns.joined(separator: ", "))) VALUES ("
         + sampleColumns.map { _ in "?" }.joined(separator: ", ") + ")"
 
@@ -162,7 +162,7 @@ public final class ExecutionStore: ExecutionLog {
             StatementArguments([id.databaseValue, s.elapsed.databaseValue, s.cpuUserTime.databaseValue, s.cpuSystemTime.databaseValue,
                                 s.cpuPercent.databaseValue, s.memoryUsage.databaseValue, s.memoryPeak.databaseValue,
                                 s.blockIORead.databaseValue, s.blockIOWrite.databaseValue, s.networkIORx.databaseValue,
-                                s.networkIOTx.databaseValue, s.pidsCount.databaseValue])
+                                s.networkIOTx.databaseValue, s.pidsCount.databaseValue, s.networkIOLoopback.databaseValue])
         }
         try await write { db in
             try db.execute(sql: Self.updateSQL, arguments: arguments)
@@ -189,6 +189,7 @@ public final class ExecutionStore: ExecutionLog {
                 s.networkIORx = Int64.fromDatabaseValue(v("network_io_rx"))
                 s.networkIOTx = Int64.fromDatabaseValue(v("network_io_tx"))
                 s.pidsCount = Int64.fromDatabaseValue(v("pids_count"))
+                s.networkIOLoopback = Int64.fromDatabaseValue(v("network_io_loopback"))
                 return s
             }
         }

@@ -102,7 +102,8 @@ struct StatsParserTests {
         let io = try #require(StatParse.procIO(fixture("v1-hybrid/proc-io.txt")))
         #expect(io.readBytes >= 0)
         let net = try #require(StatParse.netDev(fixture("v1-hybrid/net-dev.txt")))
-        #expect(net.rxBytes == 3193 + 259_773_488)  // lo + eth0 (ifb0, ifb1 are 0)
+        #expect(net.rxBytes == 259_773_488 && net.txBytes == 192_469)  // eth0 (ifb0, ifb1 are 0), not lo
+        #expect(net.loopbackBytes == 3193 && !net.isQuiet)
         #expect(StatParse.netDev("Inter-|\n face |\n") == nil)
     }
 

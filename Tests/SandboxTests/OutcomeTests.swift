@@ -72,8 +72,9 @@ struct OutcomeTests {
         var c = RunCounters(cgroup: stats)
         c.initCPUUsec = (2632, 6150)
         c.initIO = (0, 8192)
-        c.io = io.map { ($0.readBytes, $0.writeBytes) }
-        c.net = (3193, 3193)
+        c.io = io.map { ($0.readBytes, $0.writeBytes, $0.cancelledWriteBytes) }
+        c.net = (1500, 700)
+        c.loopback = 3193
         var r = result()
         r.executionTime = 1.0
         let warnings = ResultMapper.apply(c, limits: RunLimits(), into: &r)
@@ -83,7 +84,7 @@ struct OutcomeTests {
         #expect(r.memoryPeak == 65_241_088 && r.memoryUsage == 9_306_112 && r.memoryLimit == 199_999_488)
         #expect(abs((r.memoryPercent ?? 0) - 65_241_088.0 / 199_999_488.0 * 100) < 1e-9)
         #expect(r.blockIORead == 4096 && r.blockIOWrite == 4096)
-        #expect(r.networkIORx == 3193 && r.networkIOTx == 3193)
+        #expect(r.networkIORx == 1500 && r.networkIOTx == 700 && r.networkIOLoopback == 3193)
         #expect(r.pidsCount == 0)  // pids.peak 1 is the init alone
     }
 
@@ -94,8 +95,13 @@ struct OutcomeTests {
         stats.memory.currentBytes = StatParse.single("7688192\n")
         stats.memory.limitBytes = StatParse.limit("9223372036854771712\n")?.value  // "no limit" on v1
         var c = RunCounters(cgroup: stats, sampledMaxTasks: 3)  // no pids.peak: sampled pids.current
-        c.io = (0, 0)
-        c.net = StatParse.netDev("Inter-| Receive\n face |bytes\n    lo:    3193      29    0    0    0     0          0         0     3193      29    0    0    0     0       0          0\n").map { ($0.rxBytes, $0.txBytes) }
+        // 50 MiB dirtied, 49 MiB of it cancelled (the file was deleted before writeback).
+        c.io = StatParse.procIO("read_bytes: 0\nwrite_bytes: 52428800\ncancelled_write_bytes: 51380224\n")
+            .map { ($0.readBytes, $0.writeBytes, $0.cancelledWriteBytes) }
+        let dev = StatParse.netDev("Inter-| Receive\n face |bytes\n    lo:    3193      29    0    0    0     0          0         0     3193      29    0    0    0     0       0          0\n"
+            + "  eth0:    1000      10    0    0    0     0          0         0      400       5    0    0    0     0       0          0\n")
+        c.net = dev.map { ($0.rxBytes, $0.txBytes) }
+        c.loopback = dev?.loopbackBytes
         var r = result()
         r.executionTime = 0.5
         #expect(ResultMapper.apply(c, limits: RunLimits(), into: &r).isEmpty)
@@ -103,7 +109,8 @@ struct OutcomeTests {
         #expect(r.memoryLimit == 536_870_912, "an unlimited group reports the run's own limit")
         #expect(abs((r.memoryPercent ?? 0) - 63_664_128.0 / 536_870_912.0 * 100) < 1e-9)
         #expect(r.pidsCount == 2)
-        #expect(r.networkIORx == 3193)
+        #expect(r.networkIORx == 1000 && r.networkIOTx == 400 && r.networkIOLoopback == 3193)
+        #expect(r.blockIOWrite == 1 << 20)
     }
 
     @Test func missingCountersAreNullWithAWarning() {

@@ -173,7 +173,7 @@ struct ServiceBasicsTests {
         let store = try ExecutionStore(path: path)
         var lines: [String] = []
         let first = try Schema.migrate(store.pool) { lines.append($0) }
-        #expect(first.addedColumns == Schema.addedColumns.map(\.name) + ["stdout_truncated", "stderr_truncated"])
+        #expect(first.addedColumns == Schema.addedColumns.map(\.name) + ["stdout_truncated", "stderr_truncated", "network_io_loopback"])
         #expect(lines.contains("created table execution_samples"))
         #expect(first.rows == 3)
         #expect(lines.contains("added column cpu_user_time REAL"))

@@ -164,7 +164,8 @@ struct StorageTests {
     /// The README's metric table has one row per metric, with its unit and v2/v1 sources.
     @Test func readmeMetricTableFollowsTheFieldList() throws {
         let readme = try String(contentsOfFile: #filePath.replacingOccurrences(of: "Tests/ServiceTests/StorageTests.swift", with: "README.md"), encoding: .utf8)
-        let rows = readme.split(separator: "\n").filter { $0.hasPrefix("| `") }
+        let section = try #require(readme.range(of: "### Metric semantics")).upperBound
+        let rows = readme[section...].split(separator: "\n").prefix { !$0.hasPrefix("## ") }.filter { $0.hasPrefix("| `") }
         for f in ExecutionResult.schema where f.isMetric {
             let row = try #require(rows.first { $0.hasPrefix("| `\(f.name)` |") }, "README has no metric row for \(f.name)")
             let cells = row.split(separator: "|").map { $0.trimmingCharacters(in: .whitespaces) }
