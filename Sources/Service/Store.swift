@@ -129,15 +129,12 @@ public final class ExecutionStore: ExecutionLog {
     }
 
     /// A column's value as the field's type (legacy rows may hold other storage classes).
-    static func fieldValue(_ f: ResultField, _ dbv: DatabaseValue) -> FieldValue {
+    static func fieldValue(_ f: ResultField, _ dbv: DatabaseValue?) -> FieldValue {
         switch f.type {
-        case .string:
-            if f.sqlType == "TIMESTAMP" { return .string(Date.fromDatabaseValue(dbv).map(ExecutionResult.timestamp)) }
-            if case .blob(let b) = dbv.storage { return .string(String(decoding: b, as: UTF8.self)) }
-            return .string(String.fromDatabaseValue(dbv))
-        case .boolean: return .bool(Bool.fromDatabaseValue(dbv))
-        case .integer: return .int(Int64.fromDatabaseValue(dbv))
-        case .number: return .double(Double.fromDatabaseValue(dbv))
+        case .string: f.sqlType == "TIMESTAMP" ? .string(date(dbv).map(ExecutionResult.timestamp)) : .string(string(dbv))
+        case .boolean: .bool(bool(dbv))
+        case .integer: .int(int(dbv))
+        case .number: .double(double(dbv))
         }
     }
 
@@ -176,22 +173,8 @@ public final class ExecutionStore: ExecutionLog {
 
     public func series(id: Int64) async throws -> [LiveSample] {
         try await pool.read { db in
-            try Row.fetchAll(db, sql: "SELECT * FROM execution_samples WHERE execution_id = ? ORDER BY t, rowid", arguments: [id]).map { row in
-                func v(_ n: String) -> DatabaseValue { row[n] as DatabaseValue? ?? .null }
-                var s = LiveSample(elapsed: Double.fromDatabaseValue(v("t")) ?? 0)
-                s.cpuUserTime = Double.fromDatabaseValue(v("cpu_user_time"))
-                s.cpuSystemTime = Double.fromDatabaseValue(v("cpu_system_time"))
-                s.cpuPercent = Double.fromDatabaseValue(v("cpu_percent"))
-                s.memoryUsage = Int64.fromDatabaseValue(v("memory_usage"))
-                s.memoryPeak = Int64.fromDatabaseValue(v("memory_peak"))
-                s.blockIORead = Int64.fromDatabaseValue(v("block_io_read"))
-                s.blockIOWrite = Int64.fromDatabaseValue(v("block_io_write"))
-                s.networkIORx = Int64.fromDatabaseValue(v("network_io_rx"))
-                s.networkIOTx = Int64.fromDatabaseValue(v("network_io_tx"))
-                s.pidsCount = Int64.fromDatabaseValue(v("pids_count"))
-                s.networkIOLoopback = Int64.fromDatabaseValue(v("network_io_loopback"))
-                return s
-            }
+            try Row.fetchAll(db, sql: "SELECT * FROM execution_samples WHERE execution_id = ? ORDER BY t, rowid", arguments: [id])
+                .map(Self.liveSample)
         }
     }
 
@@ -297,31 +280,100 @@ public final class ExecutionStore: ExecutionLog {
             + clauses.joined(separator: " AND ")
         let arguments = StatementArguments(args.map { Optional($0) as (any DatabaseValueConvertible)? })
         return try await pool.read { db in
-            try Row.fetchAll(db, sql: sql, arguments: arguments).map { r in
-                func value(_ name: String) -> DatabaseValue { r[name] as DatabaseValue? ?? .null }
-                let user = Double.fromDatabaseValue(value("cpu_user_time")), system = Double.fromDatabaseValue(value("cpu_system_time"))
-                return RunSample(success: Bool.fromDatabaseValue(value("success")),
-                                 executionTime: Double.fromDatabaseValue(value("execution_time")),
-                                 cpuTime: user.flatMap { u in system.map { u + $0 } },
-                                 memoryPeak: Int64.fromDatabaseValue(value("memory_peak")))
-            }
+            try Row.fetchAll(db, sql: sql, arguments: arguments).map(Self.runSample)
         }
+    }
+
+    /// A row's columns by name. Values are converted by the functions below, which
+    /// never trap on what a legacy row may hold (GRDB's typed subscripts do); written as
+    /// plain switches because Swift 6.3's optimizer crashes on `fromDatabaseValue` here.
+    static func cells(_ row: Row) -> [String: DatabaseValue] {
+        var out: [String: DatabaseValue] = [:]
+        for (name, value) in row { out[name] = value }
+        return out
+    }
+
+    static func double(_ v: DatabaseValue?) -> Double? {
+        switch v?.storage {
+        case .double(let d)?: d
+        case .int64(let i)?: Double(i)
+        case .string(let s)?: Double(s)
+        default: nil
+        }
+    }
+
+    static func int(_ v: DatabaseValue?) -> Int64? {
+        switch v?.storage {
+        case .int64(let i)?: i
+        case .double(let d)?: d.isFinite && abs(d) < 9e18 ? Int64(d) : nil
+        case .string(let s)?: Int64(s)
+        default: nil
+        }
+    }
+
+    static func bool(_ v: DatabaseValue?) -> Bool? {
+        switch v?.storage {
+        case .int64(let i)?: i != 0
+        case .double(let d)?: d != 0
+        case .string(let s)?: ["1", "true", "TRUE"].contains(s) ? true : ["0", "false", "FALSE"].contains(s) ? false : nil
+        default: nil
+        }
+    }
+
+    static func string(_ v: DatabaseValue?) -> String? {
+        switch v?.storage {
+        case .string(let s)?: s
+        case .blob(let b)?: String(decoding: b, as: UTF8.self)
+        case .int64(let i)?: String(i)
+        case .double(let d)?: String(d)
+        default: nil
+        }
+    }
+
+    static func date(_ v: DatabaseValue?) -> Date? {
+        guard let v, !v.isNull else { return nil }
+        return Date.fromDatabaseValue(v)
+    }
+
+    static func runSample(_ r: Row) -> RunSample {
+        let c = cells(r)
+        let user = double(c["cpu_user_time"]), system = double(c["cpu_system_time"])
+        var cpu: Double?
+        if let user, let system { cpu = user + system }
+        return RunSample(success: bool(c["success"]), executionTime: double(c["execution_time"]),
+                         cpuTime: cpu, memoryPeak: int(c["memory_peak"]))
+    }
+
+    static func liveSample(_ row: Row) -> LiveSample {
+        let c = cells(row)
+        var s = LiveSample(elapsed: double(c["t"]) ?? 0)
+        s.cpuUserTime = double(c["cpu_user_time"])
+        s.cpuSystemTime = double(c["cpu_system_time"])
+        s.cpuPercent = double(c["cpu_percent"])
+        s.memoryUsage = int(c["memory_usage"])
+        s.memoryPeak = int(c["memory_peak"])
+        s.blockIORead = int(c["block_io_read"])
+        s.blockIOWrite = int(c["block_io_write"])
+        s.networkIORx = int(c["network_io_rx"])
+        s.networkIOTx = int(c["network_io_tx"])
+        s.pidsCount = int(c["pids_count"])
+        s.networkIOLoopback = int(c["network_io_loopback"])
+        return s
     }
 
     /// A row as a typed record.
     static func record(_ row: Row, detail: Bool) -> ExecutionRecord {
-        // Converted without GRDB's trapping subscripts: a legacy row may hold anything.
-        func value(_ name: String) -> DatabaseValue { row[name] as DatabaseValue? ?? .null }
-        var rec = ExecutionRecord(id: Int64.fromDatabaseValue(value("id")) ?? 0)
+        let c = cells(row)
+        var rec = ExecutionRecord(id: int(c["id"]) ?? 0)
         rec.isDetail = detail
-        rec.code = String.fromDatabaseValue(value("code"))
-        rec.createdAt = Date.fromDatabaseValue(value("created_at"))
-        rec.queuedAt = Date.fromDatabaseValue(value("queued_at"))
-        rec.finishedAt = Date.fromDatabaseValue(value("finished_at"))
-        rec.host = String.fromDatabaseValue(value("host"))
-        rec.logTruncated = Bool.fromDatabaseValue(value("log_truncated"))
+        rec.code = string(c["code"])
+        rec.createdAt = date(c["created_at"])
+        rec.queuedAt = date(c["queued_at"])
+        rec.finishedAt = date(c["finished_at"])
+        rec.host = string(c["host"])
+        rec.logTruncated = bool(c["log_truncated"])
         for f in storedFields where detail || f.storage == .summary {
-            rec.values[f.name] = fieldValue(f, value(f.name))
+            rec.values[f.name] = fieldValue(f, c[f.name])
         }
         return rec
     }
