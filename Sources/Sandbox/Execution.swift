@@ -75,16 +75,20 @@ final class Execution: @unchecked Sendable {
     let backend: any CgroupBackend
     let run: RunCgroup
     let scratch: Scratch
+    // Descriptors it owns (`FD`: closed once, also when init throws half-way).
     /// This run's mount of the scratch (moved into the run by the init).
-    var scratchMountFD: Int32 = -1
+    let scratchMount: FD
     // parent ends
-    let stdoutR: Int32, stderrR: Int32, execR: Int32, reportR: Int32
-    var releaseW: Int32
+    let stdoutR: FD, stderrR: FD, execR: FD, reportR: FD
+    let releaseW: FD
     // child ends (closed after launch)
-    let stdinFD: Int32, stdoutW: Int32, stderrW: Int32, execW: Int32, reportW: Int32, releaseR: Int32
+    let stdinFD: FD, stdoutW: FD, stderrW: FD, execW: FD, reportW: FD, releaseR: FD
+    /// The run's network namespace (given back to the sandbox's pool at teardown).
+    let nsfd: FD
     var pid: pid_t = 0
+    /// The init's pidfd: closed in `teardown()` under `stopState`'s lock, which
+    /// `stop(reason:)` signals through (so not an `FD`).
     var pidfd: Int32 = -1
-    var nsfd: Int32 = -1
     /// No packet went through the run's network namespace (it may be reused).
     var netQuiet = false
     var launchNs: Int64 = 0
@@ -142,32 +146,31 @@ final class Execution: @unchecked Sendable {
             }
             throw error
         }
-        func pipe() -> (Int32, Int32) {
+        func pipe() -> (FD, FD) {
             var fds: [Int32] = [-1, -1]
             _ = sp_pipe_cloexec(&fds)
-            return (fds[0], fds[1])
+            return (FD(fds[0]), FD(fds[1]))
         }
         (stdoutR, stdoutW) = pipe()
         (stderrR, stderrW) = pipe()
         (execR, execW) = pipe()
         (reportR, reportW) = pipe()
         (releaseR, releaseW) = pipe()
-        for fd in [stdoutR, stderrR, execR, reportR] { _ = fcntl(fd, F_SETFL, O_NONBLOCK) }
-        nsfd = sandbox.takeNetns()
+        for fd in [stdoutR, stderrR, execR, reportR] { _ = fcntl(fd.raw, F_SETFL, O_NONBLOCK) }
+        nsfd = FD(sandbox.takeNetns())
         let memfd = sp_memfd("sandpit-stdin")
         if memfd >= 0 && !request.stdin.isEmpty {
             _ = request.stdin.withUnsafeBytes { write(memfd, $0.baseAddress, $0.count) }
             lseek(memfd, 0, SEEK_SET)
         }
-        stdinFD = memfd
+        stdinFD = FD(memfd)
         switch prep.wait() {
         case .success(let (s, m)):
             scratch = s
-            scratchMountFD = m
+            scratchMount = FD(m)
             prepNs.scratch = prep.readyNs
         case .failure(let error):
-            for fd in [stdoutR, stdoutW, stderrR, stderrW, execR, execW, reportR, reportW, releaseR, releaseW, nsfd, stdinFD]
-            where fd >= 0 { close(fd) }
+            // (the descriptors made so far close as they are released)
             try? backend.remove(run)
             throw error
         }
@@ -194,7 +197,7 @@ final class Execution: @unchecked Sendable {
         let arena = CArena()
         let plan = RootPlan(newRoot: s.stateDirectory + "/root", sourceRoot: request.rootfs,
                             extraEtc: request.runtime.etcEntries, view: sandbox.launcher?.view,
-                            scratchMountFD: scratchMountFD,
+                            scratchMountFD: scratchMount.raw,
                             uid: s.uid, gid: s.gid, hostname: s.hostname,
                             shmBytes: min(64 << 20, request.limits.memoryBytes / 2))
         let ops: [sp_mount_op] = plan.ops.map { op in
@@ -228,11 +231,11 @@ final class Execution: @unchecked Sendable {
         spec.cgroup_task_files = run.taskFiles.isEmpty ? nil
             : UnsafePointer(UnsafeMutableRawPointer(arena.stringArray(run.taskFiles)).assumingMemoryBound(to: UnsafePointer<CChar>?.self))
         // A prepared network namespace (lo already up) is joined instead of created.
-        spec.net_fd = nsfd
-        spec.ns_flags = nsfd >= 0 ? sp_sandbox_ns_flags() & ~UInt64(0x4000_0000) : sp_sandbox_ns_flags()  // CLONE_NEWNET
+        spec.net_fd = nsfd.raw
+        spec.ns_flags = nsfd.isValid ? sp_sandbox_ns_flags() & ~UInt64(0x4000_0000) : sp_sandbox_ns_flags()  // CLONE_NEWNET
         spec.new_cgroup_ns = 1
         spec.hostname = arena.string(s.hostname)
-        spec.loopback_up = nsfd >= 0 ? 0 : 1
+        spec.loopback_up = nsfd.isValid ? 0 : 1
         spec.new_root = arena.string(plan.newRoot)
         spec.root_tmpfs_options = arena.string("mode=755,size=1m,nr_inodes=512")
         spec.ops = UnsafePointer(arena.array(ops))
@@ -249,12 +252,12 @@ final class Execution: @unchecked Sendable {
         spec.filter = prog.pointer
         spec.filter_len = UInt16(prog.instructions)
         spec.last_cap = sp_last_cap()
-        spec.stdin_fd = stdinFD
-        spec.stdout_fd = stdoutW
-        spec.stderr_fd = stderrW
-        spec.exec_fd = execW
-        spec.report_fd = reportW
-        spec.release_fd = releaseR
+        spec.stdin_fd = stdinFD.raw
+        spec.stdout_fd = stdoutW.raw
+        spec.stderr_fd = stderrW.raw
+        spec.exec_fd = execW.raw
+        spec.report_fd = reportW.raw
+        spec.release_fd = releaseR.raw
 
         launchNs = monotonicNanos()
         var fd: Int32 = -1
@@ -262,8 +265,7 @@ final class Execution: @unchecked Sendable {
             if let l = sandbox.launcher { return l.launch(&spec, pidfd: &fd) }
             return sp_launch(&spec, &fd)
         }
-        for f in [stdinFD, stdoutW, stderrW, execW, reportW, releaseR, scratchMountFD] where f >= 0 { close(f) }
-        scratchMountFD = -1
+        for f in [stdinFD, stdoutW, stderrW, execW, reportW, releaseR, scratchMount] { f.close() }
         if r < 0 {
             launchError = "clone3: \(String(cString: strerror(-r)))"
             return
@@ -274,6 +276,6 @@ final class Execution: @unchecked Sendable {
             s.pidfd = fd
             if s.reason != nil { _ = sp_pidfd_send_signal(fd, SIGKILL) }  // stopped before the launch
         }
-        if nsfd < 0 { nsfd = open("/proc/\(r)/ns/net", O_RDONLY | O_CLOEXEC) }
+        if !nsfd.isValid { nsfd.reset(open("/proc/\(r)/ns/net", O_RDONLY | O_CLOEXEC)) }
     }
 }

@@ -148,6 +148,13 @@ public final class Sandbox: Sendable {
         guard let backend = try? Cgroups.shared() else { return [] }
         let swept = backend.sweepStale()
         if !swept.isEmpty { logger.warning("swept \(swept.count) stale run cgroup(s): \(swept.joined(separator: ", "))") }
+        // Half-made scratch templates of a process that died while making one (a live
+        // one's is younger than a minute: mkfs takes milliseconds).
+        let templates = settings.stateDirectory + "/templates"
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: templates)) ?? [] where name.hasSuffix(".tmp") {
+            var st = stat()
+            if stat(templates + "/" + name, &st) == 0, time(nil) - st.st_mtim.tv_sec > 60 { unlink(templates + "/" + name) }
+        }
         return swept
     }
 

@@ -144,7 +144,11 @@ public struct Scratch: Sendable {
         for d in [stateDirectory, dir, stateDirectory + "/scratch", stateDirectory + "/root"] {
             if mkdir(d, 0o700) != 0 && errno != EEXIST { throw SandboxError(.scratch, "mkdir \(d)", errno: errno) }
         }
-        let tmp = "\(path).\(getpid()).tmp"
+        // A name of its own: two threads of one process (a warm-up and a first run, or two
+        // sandboxes sharing a state directory) may make the template at once; sharing a
+        // temporary file (it was named by pid alone) let two mkfs runs write into one
+        // image, which then failed every mount ("Structure needs cleaning").
+        let tmp = "\(path).\(getpid()).\(UInt64.random(in: 0...UInt64.max)).tmp"
         let fd = open(tmp, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0o600)
         guard fd >= 0, ftruncate(fd, off_t(size)) == 0 else {
             throw SandboxError(.scratch, "create \(tmp)", errno: errno)

@@ -58,7 +58,7 @@ extension Execution {
 
         let ep = epoll_create1(Int32(EPOLL_CLOEXEC))
         defer { close(ep) }
-        for fd in [stdoutR, stderrR, execR, reportR, pidfd] {
+        for fd in [stdoutR.raw, stderrR.raw, execR.raw, reportR.raw, pidfd] {
             var ev = epoll_event()
             ev.events = EPOLLIN.rawValue | EPOLLHUP.rawValue
             ev.data.fd = fd
@@ -101,7 +101,7 @@ extension Execution {
         /// Reads the exec records available; true at EOF (the program exec'd or died).
         func readExecRecords() -> Bool {
             while true {
-                guard let rec: sp_exec_record = readRecord(execR) else { return lastReadWasEOF }
+                guard let rec: sp_exec_record = readRecord(execR.raw) else { return lastReadWasEOF }
                 if rec.stage == 0 {
                     execNs = rec.t_ns
                     if watchers != nil {
@@ -162,17 +162,17 @@ extension Execution {
             if n < 0 && errno != EINTR { break }
             for i in 0..<max(0, Int(n)) {
                 let fd = events[i].data.fd
-                if fd == stdoutR {
-                    if !out.drain(stdoutR, fresh: emitOut) { kill(.output) }
-                    if out.eof { _ = epoll_ctl(ep, EPOLL_CTL_DEL, stdoutR, nil) }
-                } else if fd == stderrR {
-                    if !err.drain(stderrR, fresh: emitErr) { kill(.output) }
-                    if err.eof { _ = epoll_ctl(ep, EPOLL_CTL_DEL, stderrR, nil) }
-                } else if fd == execR {
-                    if readExecRecords() { _ = epoll_ctl(ep, EPOLL_CTL_DEL, execR, nil) }  // EOF: exec done
-                } else if fd == reportR {
-                    if report == nil { report = readRecord(reportR) }
-                    _ = epoll_ctl(ep, EPOLL_CTL_DEL, reportR, nil)
+                if fd == stdoutR.raw {
+                    if !out.drain(stdoutR.raw, fresh: emitOut) { kill(.output) }
+                    if out.eof { _ = epoll_ctl(ep, EPOLL_CTL_DEL, stdoutR.raw, nil) }
+                } else if fd == stderrR.raw {
+                    if !err.drain(stderrR.raw, fresh: emitErr) { kill(.output) }
+                    if err.eof { _ = epoll_ctl(ep, EPOLL_CTL_DEL, stderrR.raw, nil) }
+                } else if fd == execR.raw {
+                    if readExecRecords() { _ = epoll_ctl(ep, EPOLL_CTL_DEL, execR.raw, nil) }  // EOF: exec done
+                } else if fd == reportR.raw {
+                    if report == nil { report = readRecord(reportR.raw) }
+                    _ = epoll_ctl(ep, EPOLL_CTL_DEL, reportR.raw, nil)
                 } else if fd == pidfd {
                     initExited = true
                     if killed == nil, let stop = stopState.withLock({ $0.reason == nil ? nil : $0.cancelled }) {
@@ -183,9 +183,9 @@ extension Execution {
         }
         let endNs = monotonicNanos()
         // Whatever is still in the pipes (every writer is dead once init has exited).
-        _ = out.drain(stdoutR, fresh: emitOut)
-        _ = err.drain(stderrR, fresh: emitErr)
-        if report == nil { report = readRecord(reportR) }
+        _ = out.drain(stdoutR.raw, fresh: emitOut)
+        _ = err.drain(stderrR.raw, fresh: emitErr)
+        if report == nil { report = readRecord(reportR.raw) }
         _ = readExecRecords()
 
         // Counters. The init has reaped every task, so its /proc/<pid>/io holds the whole
@@ -196,9 +196,9 @@ extension Execution {
         if initExited { _ = sp_pidfd_wait(pidfd, WNOWAIT, &code, &st) }
         let io = SysFile.read("/proc/\(pid)/io").flatMap(StatParse.procIO)
         var net = initExited ? nil : SysFile.read("/proc/\(pid)/net/dev").flatMap(StatParse.netDev)
-        if net == nil && nsfd >= 0 {
+        if net == nil && nsfd.isValid {
             var buf = [CChar](repeating: 0, count: 16384)
-            let n = sp_read_netdev_in_ns(nsfd, &buf, buf.count - 1)
+            let n = sp_read_netdev_in_ns(nsfd.raw, &buf, buf.count - 1)
             if n > 0 { net = StatParse.netDev(String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)) }
         }
         if !initExited, let n = net, n.isQuiet {
@@ -284,10 +284,7 @@ extension Execution {
     /// Ends whatever is left and frees every resource of the run.
     /// Lets the init exit (it waits on the release pipe after its report).
     func release() {
-        if releaseW >= 0 {
-            close(releaseW)
-            releaseW = -1
-        }
+        releaseW.close()
     }
 
     /// Ends whatever is left and frees every resource of the run: waits for the init,
@@ -308,9 +305,8 @@ extension Execution {
         }
         let t1 = monotonicNanos()
         if !backend.processes(run).isEmpty { try? backend.kill(run) }
-        for fd in [stdoutR, stderrR, execR, reportR] where fd >= 0 { close(fd) }
-        sandbox.recycleNetns(nsfd, quiet: netQuiet)
-        nsfd = -1
+        for fd in [stdoutR, stderrR, execR, reportR] { fd.close() }
+        sandbox.recycleNetns(nsfd.take(), quiet: netQuiet)
         do { try backend.remove(run) } catch { sandbox.logger.error("run \(id): \(error)") }
         let t2 = monotonicNanos()
         sandbox.recycle(scratch)

@@ -1,5 +1,6 @@
 import CgroupKit
 import Foundation
+import Synchronization
 import Testing
 @testable import Sandbox
 
@@ -145,6 +146,22 @@ struct SandboxRunTests {
         let pct = try #require(r.memoryPercent)
         #expect(abs(pct - Double(peak) / Double(512 << 20) * 100) < 0.01)
         #expect((r.memoryUsage ?? -1) >= 0)
+    }
+
+    @Test func scratchTemplatesMadeAtOnceAreWhole() throws {
+        // Four threads of one process make the same template at once (a warm-up and a
+        // first run do): the image must pass fsck.
+        let dir = NSTemporaryDirectory() + "sandpit-template-race-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let paths = Mutex<[String]>([])
+        DispatchQueue.concurrentPerform(iterations: 4) { _ in
+            if let p = try? Scratch.templatePath(stateDirectory: dir, size: 32 << 20) { paths.withLock { $0.append(p) } }
+        }
+        let path = try #require(paths.withLock { $0 }.first)
+        #expect(paths.withLock { Set($0) }.count == 1)
+        #expect(Spawn.run(["e2fsck", "-fn", path]) == 0, "the template is a clean ext4 image")
+        let left = (try? FileManager.default.contentsOfDirectory(atPath: dir + "/templates")) ?? []
+        #expect(left == ["ext4-\(32 << 20).img"], "no temporary file is left: \(left)")
     }
 
     @Test func specFileIO() async throws {
