@@ -34,10 +34,7 @@ struct ExecuteController: Sendable {
         if wantsStream {
             return streamed(run, detach: parsed.detach ?? false)
         }
-        let result = await finish(run)
-        var headers: HTTPFields = [.contentType: "application/json"]
-        headers[HTTPField.Name("X-Execution-Id")!] = String(run.rowID)
-        return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(string: result.jsonString())))
+        return resultResponse(await finish(run), id: run.rowID)
     }
 
     /// Admission and the log's row: every refusal happens here, before any answer starts.
@@ -108,8 +105,7 @@ struct ExecuteController: Sendable {
     func streamed(_ run: LiveRun, detach: Bool) -> Response {
         let events = run.events.subscribe()  // before the run starts: nothing is missed
         let runner = Task { await finish(run) }
-        var headers: HTTPFields = [.contentType: "text/event-stream", .cacheControl: "no-store"]
-        headers[HTTPField.Name("X-Execution-Id")!] = String(run.rowID)
+        let headers = eventStreamHeaders(id: run.rowID)
         let svc = self.svc
         return Response(status: .ok, headers: headers, body: ResponseBody { writer in
             var sse = SSEWriter(run)
@@ -137,13 +133,6 @@ struct LiveController: Sendable {
         router.delete("executions/:id", use: cancel)
     }
 
-    func rowID(_ context: BasicRequestContext) throws -> Int64 {
-        guard let id = context.parameters.get("id", as: Int64.self) else {
-            throw APIError(.badRequest, "invalid_request", "the execution id must be an integer")
-        }
-        return id
-    }
-
     /// 409 for a finished execution, 404 for an unknown one.
     func notLive(_ id: Int64) async throws -> APIError {
         if try await svc.log.get(id: id) != nil {
@@ -156,8 +145,7 @@ struct LiveController: Sendable {
         let id = try rowID(context)
         guard let run = svc.live.get(id) else { return try await replay(id) }
         let events = run.events.subscribe()
-        var headers: HTTPFields = [.contentType: "text/event-stream", .cacheControl: "no-store"]
-        headers[HTTPField.Name("X-Execution-Id")!] = String(id)
+        let headers = eventStreamHeaders(id: id)
         let keepAlive = svc.config.keepAlive
         return Response(status: .ok, headers: headers, body: ResponseBody { writer in
             var sse = SSEWriter(run)
@@ -182,8 +170,7 @@ struct LiveController: Sendable {
         var frames = sse.frames(.started(id: result.containerID, at: result.startedAt))
         for s in samples { frames += sse.frames(.sample(s)) }
         frames += sse.frames(.result(result))
-        var headers: HTTPFields = [.contentType: "text/event-stream", .cacheControl: "no-store"]
-        headers[HTTPField.Name("X-Execution-Id")!] = String(id)
+        let headers = eventStreamHeaders(id: id)
         var body = ByteBuffer()
         for var f in frames { body.writeBuffer(&f) }
         return Response(status: .ok, headers: headers, body: .init(byteBuffer: body))
@@ -211,9 +198,7 @@ struct LiveController: Sendable {
         }
         for await event in events {
             if case .result(let result) = event {
-                var headers: HTTPFields = [.contentType: "application/json"]
-                headers[HTTPField.Name("X-Execution-Id")!] = String(id)
-                return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(string: result.jsonString())))
+                return resultResponse(result, id: id)
             }
         }
         // The run ended between the lookup and the subscription: its record has the result.
@@ -261,9 +246,7 @@ struct ExecutionsController: Sendable {
     }
 
     @Sendable func get(_ request: Request, context: BasicRequestContext) async throws -> Response {
-        guard let id = context.parameters.get("id", as: Int64.self) else {
-            throw APIError(.badRequest, "invalid_request", "the execution id must be an integer")
-        }
+        let id = try rowID(context)
         guard let record = try await svc.log.get(id: id) else {
             throw APIError(.notFound, "not_found", "no execution with id \(id)")
         }
@@ -297,6 +280,28 @@ struct SystemController: Sendable {
             JSONBody.response(OpenAPIDocument.json)
         }
     }
+}
+
+/// The `{id}` of an /executions/{id}... path.
+func rowID(_ context: BasicRequestContext) throws -> Int64 {
+    guard let id = context.parameters.get("id", as: Int64.self) else {
+        throw APIError(.badRequest, "invalid_request", "the execution id must be an integer")
+    }
+    return id
+}
+
+/// A run's result as the API answers it, with its log id.
+func resultResponse(_ result: ExecutionResult, id: Int64) -> Response {
+    var headers: HTTPFields = [.contentType: "application/json"]
+    headers[HTTPField.Name("X-Execution-Id")!] = String(id)
+    return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(string: result.jsonString())))
+}
+
+/// The head of an event stream of the execution `id`.
+func eventStreamHeaders(id: Int64) -> HTTPFields {
+    var headers: HTTPFields = [.contentType: "text/event-stream", .cacheControl: "no-store"]
+    headers[HTTPField.Name("X-Execution-Id")!] = String(id)
+    return headers
 }
 
 func date(_ s: Substring?, _ name: String) throws -> Date? {
