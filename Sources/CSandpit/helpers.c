@@ -232,7 +232,16 @@ uint64_t sp_sandbox_ns_flags(void) {
 
 int sp_open_tmpfile(const char *dir) {
     int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
-    return fd < 0 ? -errno : fd;
+    if (fd >= 0 || (errno != EOPNOTSUPP && errno != EISDIR)) return fd < 0 ? -errno : fd;
+    /* The filesystem has no O_TMPFILE (overlayfs before Linux 6.6, 9p, some FUSE):
+       a named file, unlinked at once. A crash between the two leaves a ".img-" file
+       that the start-up sweep removes. */
+    char path[4096];
+    if (snprintf(path, sizeof path, "%s/.img-XXXXXX", dir) >= (int)sizeof path) return -ENAMETOOLONG;
+    fd = mkostemp(path, O_CLOEXEC);
+    if (fd < 0) return -errno;
+    if (unlink(path) < 0) { int e = errno; close(fd); return -e; }
+    return fd;
 }
 
 #ifndef FSCONFIG_SET_STRING

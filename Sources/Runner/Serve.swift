@@ -83,6 +83,7 @@ struct Serve: AsyncParsableCommand {
             let grace = config.graceSeconds
             src.setEventHandler { [group, svc, logger] in
                 logger.info("signal \(sig): shutting down (grace \(grace) s)")
+                SystemdNotify.send("STOPPING=1")
                 Task { [group, svc, logger] in
                     await svc.admission.drain()
                     await group.triggerGracefulShutdown()

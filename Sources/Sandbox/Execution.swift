@@ -102,7 +102,7 @@ final class Execution: @unchecked Sendable {
     /// Set by `stop(reason:)`; the supervisor ends the run at once.
     var stopReason: String? { stopState.withLock { $0.reason } }
 
-    /// Asks the supervisor to end the run: a service shutdown (status `internal_error`),
+    /// Asks the supervisor to end the run: a service shutdown (status `interrupted`),
     /// or a client's cancellation (`cancelled`). The init is killed through its pidfd,
     /// which wakes the supervisor's epoll; before the launch, the launch does it.
     func stop(reason: String, cancelled: Bool = false) {

@@ -77,7 +77,7 @@ enum RunOutcome {
             case .memoryThrash:
                 r.status = .memoryLimit
             case .stopped(let reason):
-                r.status = .internalError
+                r.status = .interrupted
                 r.error = "stopped: \(reason)"
             case .cancelled(let reason):
                 r.status = .cancelled

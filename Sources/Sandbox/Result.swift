@@ -11,6 +11,9 @@ public enum RunStatus: String, Codable, Sendable, CaseIterable {
     case internalError = "internal_error"
     /// A client stopped the run (`DELETE /executions/{id}`, or a streaming client left).
     case cancelled
+    /// The service ended it: stopped at the end of a shutdown's grace period, or, for a
+    /// row a crashed instance left running, marked so at the next start.
+    case interrupted
 }
 
 /// The result object: exactly the specification's response fields (names and

@@ -155,6 +155,14 @@ public final class Sandbox: Sendable {
             var st = stat()
             if stat(templates + "/" + name, &st) == 0, time(nil) - st.st_mtim.tv_sec > 60 { unlink(templates + "/" + name) }
         }
+        // Scratch images on a filesystem without O_TMPFILE have a name for an instant
+        // (`.img-XXXXXX`, unlinked right after it is made): one older than a minute is
+        // a crashed process's.
+        let scratch = settings.stateDirectory + "/scratch"
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: scratch)) ?? [] where name.hasPrefix(".img-") {
+            var st = stat()
+            if stat(scratch + "/" + name, &st) == 0, time(nil) - st.st_mtim.tv_sec > 60 { unlink(scratch + "/" + name) }
+        }
         return swept
     }
 
@@ -182,7 +190,7 @@ public final class Sandbox: Sendable {
     }
 
     /// Stops every run in progress (service shutdown after its grace period). Each
-    /// ends with status `internal_error` and says why in `error`.
+    /// ends with status `interrupted` and says why in `error`.
     public func stopAll(reason: String) {
         for e in active.all() { e.stop(reason: reason) }
     }

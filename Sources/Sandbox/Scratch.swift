@@ -102,7 +102,7 @@ public struct Scratch: Sendable {
         guard src >= 0 else { throw SandboxError(.scratch, "open \(template)", errno: errno) }
         defer { close(src) }
         let img = sp_open_tmpfile(stateDirectory + "/scratch")
-        guard img >= 0 else { throw SandboxError(.scratch, "O_TMPFILE in \(stateDirectory)/scratch", errno: -img) }
+        guard img >= 0 else { throw SandboxError(.scratch, "anonymous file in \(stateDirectory)/scratch", errno: -img) }
         var keepImage = false
         defer { if !keepImage { close(img) } }
         let c = sp_copy_sparse(src, img, size)

@@ -27,5 +27,7 @@ public func buildApplication(_ svc: ServiceContext) -> some ApplicationProtocol 
             GuardedHTTP1Channel(responder: responder, limits: httpLimits, connections: connections)
         },
         configuration: .init(address: .hostname(svc.config.host, port: svc.config.port), serverName: "sandpit"),
+        // Under a `Type=notify` unit, `systemctl start` returns once the port answers.
+        onServerRunning: { _ in SystemdNotify.send("READY=1") },
         logger: svc.logger)
 }

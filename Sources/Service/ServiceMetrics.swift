@@ -20,7 +20,7 @@ public final class ServiceMetrics: Sendable {
         queueDepth = registry.makeGauge(name: "sandpit_queue_depth", help: "Requests waiting for a slot.")
         rejections = registry.makeCounter(name: "sandpit_rejections_total", help: "Requests refused with 429 (queue full).")
         var m: [String: Counter] = [:]
-        for s in RunStatus.allCases.map(\.rawValue) + ["interrupted"] {
+        for s in RunStatus.allCases.map(\.rawValue) {
             m[s] = registry.makeCounter(name: "sandpit_executions_total", labels: [("status", s)],
                                         help: "Finished executions by status.")
         }

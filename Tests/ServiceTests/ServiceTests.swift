@@ -457,7 +457,7 @@ struct ServiceProcessTests {
         server.process.waitUntilExit()
         #expect(server.process.terminationStatus == 0)
         let rows = dicts(try await ExecutionStore(path: db).list(.init()))
-        #expect(Set(rows.compactMap { $0["status"] as? String }) == ["ok", "internal_error"])
+        #expect(Set(rows.compactMap { $0["status"] as? String }) == ["ok", "interrupted"])
     }
 }
 

@@ -246,6 +246,7 @@ int sp_memfd(const char *name);
 /// CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS.
 uint64_t sp_sandbox_ns_flags(void);
 /// open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC): a file with no name, gone when closed.
+/// Where the filesystem has no O_TMPFILE: a file made in `dir` and unlinked at once.
 int sp_open_tmpfile(const char *dir);
 /// FITRIM on the filesystem whose directory (or mount) is `dirfd`: the free blocks
 /// are discarded, which a loop device turns into holes in its backing file.
