@@ -30,7 +30,7 @@ struct ExecuteController: Sendable {
         let parsed = try ExecuteBody.decode(body)
         let req = try parsed.request(ranges: svc.config.ranges)
         let wantsStream = parsed.stream ?? (request.headers[.accept]?.contains("text/event-stream") ?? false)
-        let run = try await admit(req, recordsSamples: wantsStream || parsed.samples == true)
+        let run = try await admit(req, labels: parsed.labels, recordsSamples: wantsStream || parsed.samples == true)
         if wantsStream {
             return streamed(run, detach: parsed.detach ?? false)
         }
@@ -38,7 +38,7 @@ struct ExecuteController: Sendable {
     }
 
     /// Admission and the log's row: every refusal happens here, before any answer starts.
-    func admit(_ req: ExecutionRequest, recordsSamples: Bool) async throws -> LiveRun {
+    func admit(_ req: ExecutionRequest, labels: [String: String], recordsSamples: Bool) async throws -> LiveRun {
         let queuedAt = Date()
         do {
             try await svc.admission.acquire()
@@ -53,7 +53,8 @@ struct ExecuteController: Sendable {
         let id = Sandbox.newID()
         let startedAt = Date()
         do {
-            let rowID = try await svc.log.begin(code: req.code, name: req.name, containerID: id, queuedAt: queuedAt, startedAt: startedAt)
+            let rowID = try await svc.log.begin(code: req.code, name: req.name, containerID: id, labels: labels,
+                                                queuedAt: queuedAt, startedAt: startedAt)
             let run = LiveRun(rowID: rowID, containerID: id, request: req, startedAt: startedAt, recordsSamples: recordsSamples)
             svc.live.add(run)
             return run
@@ -229,6 +230,11 @@ struct ExecutionsController: Sendable {
         }
         if let s = p["status"] { q.status = String(s) }
         if let n = p["container_name"] { q.containerName = String(n) }
+        if let h = p["code_sha256"] {
+            guard isSHA256Hex(h) else { throw APIError(.badRequest, "invalid_query", "'code_sha256' must be 64 lowercase hex digits") }
+            q.codeSHA256 = String(h)
+        }
+        q.labels = try Labels.filters(p.map { (String($0.key), String($0.value)) })
         q.since = try date(p["since"], "since")
         q.until = try date(p["until"], "until")
         let records = try await svc.log.list(q)

@@ -9,7 +9,9 @@ public protocol ExecutionLog: Sendable {
     @discardableResult
     func prepare(progress: @escaping (String) -> Void) throws -> MigrationReport
     /// Records a run that is about to start (status `running`); returns its id.
-    func begin(code: String, name: String, containerID: String, queuedAt: Date, startedAt: Date) async throws -> Int64
+    /// The row also gets the code's SHA-256 and the labels (indexed for `LogQuery.labels`).
+    func begin(code: String, name: String, containerID: String, labels: [String: String],
+               queuedAt: Date, startedAt: Date) async throws -> Int64
     /// Completes a run's record, with the samples taken while it was watched (in the
     /// same transaction). A result that cannot be written yet is kept and written by a
     /// later `maintain` (the error is still thrown, for the caller to log).
@@ -32,6 +34,9 @@ public protocol ExecutionLog: Sendable {
 }
 
 extension ExecutionLog {
+    public func begin(code: String, name: String, containerID: String, queuedAt: Date, startedAt: Date) async throws -> Int64 {
+        try await begin(code: code, name: name, containerID: containerID, labels: [:], queuedAt: queuedAt, startedAt: startedAt)
+    }
     public func finish(id: Int64, result: ExecutionResult, finishedAt: Date) async throws {
         try await finish(id: id, result: result, finishedAt: finishedAt, samples: [])
     }
@@ -76,6 +81,9 @@ public struct LogQuery: Sendable {
     public var before: Int64?
     public var status: String?
     public var containerName: String?
+    /// Rows with every one of these labels.
+    public var labels: [(key: String, value: String)] = []
+    public var codeSHA256: String?
     public var since: Date?
     public var until: Date?
     public init() {}
@@ -94,6 +102,8 @@ public struct ExecutionRecord: Sendable, Equatable {
     public var finishedAt: Date?
     public var host: String?
     public var logTruncated: Bool?
+    public var codeSHA256: String?
+    public var labels: [String: String] = [:]
     /// Whether this is a full record (code, output, error) or a summary.
     public var isDetail = false
 
@@ -130,6 +140,8 @@ public struct ExecutionRecord: Sendable, Equatable {
         w.field("queued_at", queuedAt.map(ExecutionResult.timestamp))
         w.field("finished_at", finishedAt.map(ExecutionResult.timestamp))
         w.field("host", host)
+        w.field("code_sha256", codeSHA256)
+        w.field("labels", json: Labels.json(labels))
         return w.finish()
     }
 }

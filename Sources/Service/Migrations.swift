@@ -96,8 +96,32 @@ public enum Schema {
                 try db.execute(sql: "ALTER TABLE execution_samples ADD COLUMN network_io_loopback INTEGER")
             }
         }
+        // Labels and fingerprints: the code's SHA-256 and the labels on the row (as
+        // answered), and one row per label in `execution_labels`, keyed for filtering.
+        m.registerMigration("v4 code_sha256 and labels") { db in
+            try addColumn(db, "code_sha256", "TEXT", log)
+            try addColumn(db, "labels", "TEXT", log)
+            try db.execute(sql: "CREATE INDEX IF NOT EXISTS execution_logs_code_sha256 ON execution_logs (code_sha256)")
+            if try !db.tableExists("execution_labels") {
+                try db.execute(sql: labelsTable)
+                log.say("created table execution_labels")
+                log.report.withLock { $0.otherSteps.append("created table execution_labels") }
+            }
+            try db.execute(sql: "CREATE INDEX IF NOT EXISTS execution_labels_execution_id ON execution_labels (execution_id)")
+        }
         return m
     }
+
+    /// One row per label of a run; the key (key, value, execution_id) answers a
+    /// `label.KEY=VALUE` filter from the index alone.
+    public static let labelsTable = """
+        CREATE TABLE IF NOT EXISTS execution_labels (
+          key TEXT NOT NULL,
+          value TEXT NOT NULL,
+          execution_id INTEGER NOT NULL,
+          PRIMARY KEY (key, value, execution_id)
+        ) WITHOUT ROWID
+        """
 
     static func addColumn(_ db: Database, _ name: String, _ type: String, _ log: MigrationLog) throws {
         guard try !db.columns(in: "execution_logs").contains(where: { $0.name.lowercased() == name }) else { return }

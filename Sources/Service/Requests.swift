@@ -22,7 +22,7 @@ enum JSONKind: String, Decodable {
 struct ExecuteBody: Decodable {
     static let known: Set<String> = ["code", "stdin", "args", "container_name", "time_limit", "cpu_limit",
                                      "memory_limit", "pids_limit", "output_limit", "runtime",
-                                     "stream", "detach", "sample_interval", "samples"]
+                                     "stream", "detach", "sample_interval", "samples", "labels"]
 
     var code: String
     var stdin: String?
@@ -38,6 +38,7 @@ struct ExecuteBody: Decodable {
     var detach: Bool?
     var sampleInterval: Double?
     var samples: Bool?
+    var labels: [String: String] = [:]
 
     static func invalid(_ detail: String) -> APIError { APIError(.badRequest, "invalid_request", detail) }
 
@@ -84,6 +85,17 @@ struct ExecuteBody: Decodable {
         detach = try field("detach", Bool.self, "a boolean")
         sampleInterval = try field("sample_interval", Double.self, "a number")
         samples = try field("samples", Bool.self, "a boolean")
+        if c.contains(AnyKey("labels")), try !c.decodeNil(forKey: AnyKey("labels")) {
+            guard let kinds = try? c.decode([String: JSONKind].self, forKey: AnyKey("labels")) else {
+                let kind = try c.decode(JSONKind.self, forKey: AnyKey("labels"))
+                throw Self.invalid("'labels' must be an object of strings, not \(kind.rawValue)")
+            }
+            if let (k, kind) = kinds.sorted(by: { $0.key < $1.key }).first(where: { $0.value != .string }) {
+                throw Self.invalid("'labels': the value of '\(k.prefix(80))' must be a string, not \(kind.rawValue)")
+            }
+            labels = try c.decode([String: String].self, forKey: AnyKey("labels"))
+            try Labels.validate(labels)
+        }
     }
 
     /// Decodes a body: invalid JSON is `invalid_json`, the rest as above.

@@ -74,14 +74,22 @@ public final class ExecutionStore: ExecutionLog {
     // MARK: rows
 
     /// Records a run that is about to start (status `running`); returns its row id.
-    public func begin(code: String, name: String, containerID: String, queuedAt: Date, startedAt: Date) async throws -> Int64 {
+    public func begin(code: String, name: String, containerID: String, labels: [String: String],
+                      queuedAt: Date, startedAt: Date) async throws -> Int64 {
         let host = self.host
+        let sha = codeSHA256(code)
+        let labelsJSON = labels.isEmpty ? nil : Labels.json(labels)
         return try await write { db in
             try db.execute(sql: """
-                INSERT INTO execution_logs (container_id, code, container_name, status, queued_at, started_at, created_at, host)
-                VALUES (?, ?, ?, 'running', ?, ?, ?, ?)
-                """, arguments: [containerID, code, name, queuedAt, startedAt, startedAt, host])
-            return db.lastInsertedRowID
+                INSERT INTO execution_logs (container_id, code, container_name, status, queued_at, started_at, created_at, host,
+                                            code_sha256, labels)
+                VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?)
+                """, arguments: [containerID, code, name, queuedAt, startedAt, startedAt, host, sha, labelsJSON])
+            let id = db.lastInsertedRowID
+            for (k, v) in labels {
+                try db.execute(sql: "INSERT INTO execution_labels (key, value, execution_id) VALUES (?, ?, ?)", arguments: [k, v, id])
+            }
+            return id
         }
     }
 
@@ -215,6 +223,7 @@ public final class ExecutionStore: ExecutionLog {
             }
             if n > 0 {
                 try db.execute(sql: "DELETE FROM execution_samples WHERE execution_id NOT IN (SELECT id FROM execution_logs)")
+                try db.execute(sql: "DELETE FROM execution_labels WHERE execution_id NOT IN (SELECT id FROM execution_logs)")
             }
             return n
         }
@@ -240,7 +249,7 @@ public final class ExecutionStore: ExecutionLog {
         }
     }
 
-    static let logColumns = ["id", "code", "created_at", "queued_at", "finished_at", "host", "log_truncated"]
+    static let logColumns = ["id", "code", "created_at", "queued_at", "finished_at", "host", "log_truncated", "code_sha256", "labels"]
 
     /// The list's columns: the log's own but `code`, and the result's summary fields.
     static let listColumns = (logColumns.filter { $0 != "code" }
@@ -254,6 +263,11 @@ public final class ExecutionStore: ExecutionLog {
         if let b = q.before { clauses.append("id < ?"); args.append(b) }
         if let s = q.status { clauses.append("status = ?"); args.append(s) }
         if let n = q.containerName { clauses.append("container_name = ?"); args.append(n) }
+        if let h = q.codeSHA256 { clauses.append("code_sha256 = ?"); args.append(h) }
+        for (k, v) in q.labels {
+            clauses.append("id IN (SELECT execution_id FROM execution_labels WHERE key = ? AND value = ?)")
+            args.append(k); args.append(v)
+        }
         if let s = q.since { clauses.append("created_at >= ?"); args.append(s) }
         if let u = q.until { clauses.append("created_at < ?"); args.append(u) }
         let whereSQL = clauses.isEmpty ? "" : "WHERE " + clauses.joined(separator: " AND ")
@@ -372,6 +386,8 @@ public final class ExecutionStore: ExecutionLog {
         rec.finishedAt = date(c["finished_at"])
         rec.host = string(c["host"])
         rec.logTruncated = bool(c["log_truncated"])
+        rec.codeSHA256 = string(c["code_sha256"])
+        rec.labels = Labels.parse(string(c["labels"]))
         for f in storedFields where detail || f.storage == .summary {
             rec.values[f.name] = fieldValue(f, c[f.name])
         }

@@ -173,8 +173,10 @@ struct ServiceBasicsTests {
         let store = try ExecutionStore(path: path)
         var lines: [String] = []
         let first = try Schema.migrate(store.pool) { lines.append($0) }
-        #expect(first.addedColumns == Schema.addedColumns.map(\.name) + ["stdout_truncated", "stderr_truncated", "network_io_loopback"])
+        #expect(first.addedColumns == Schema.addedColumns.map(\.name) + ["stdout_truncated", "stderr_truncated", "network_io_loopback",
+                                                                      "code_sha256", "labels"])
         #expect(lines.contains("created table execution_samples"))
+        #expect(lines.contains("created table execution_labels"))
         #expect(first.rows == 3)
         #expect(lines.contains("added column cpu_user_time REAL"))
         let columns = try store.pool.read { db in try db.columns(in: "execution_logs").map { ($0.name, $0.type) } }
@@ -315,6 +317,22 @@ struct ServiceRunTests {
             let beforeID = try #require(rows.last?["id"] as? Int64)
             let before = try #require(dict(try await svc.store.get(id: beforeID)))
             #expect(before["output"] as? String == "1\n")
+        }
+    }
+
+    @Test func aRunsLabelsAndFingerprintAreLogged() async throws {
+        try #require(Env.isRoot, "privileged test run without root")
+        try await withService { client, svc in
+            let code = "print('labelled')"
+            let res = try await client.post("/execute", #"{"code": "print('labelled')", "labels": {"grader": "hw-1", "attempt": "3"}}"#)
+            #expect(res.status == .ok)
+            let page = try await client.get("/executions?label.grader=hw-1&label.attempt=3&code_sha256=\(codeSHA256(code))")
+            let rows = (json(page.body) as? [String: Any])?["executions"] as? [[String: Any]] ?? []
+            #expect(rows.count == 1)
+            #expect(rows.first?["status"] as? String == "ok")
+            #expect(rows.first?["labels"] as? [String: String] == ["grader": "hw-1", "attempt": "3"])
+            #expect(rows.first?["code_sha256"] as? String == codeSHA256(code))
+            #expect(openAPI.validate(json(page.body), path: "/executions", method: "get", status: 200).isEmpty)
         }
     }
 
