@@ -29,6 +29,11 @@ let package = Package(
             name: "CSandpit",
             linkerSettings: [.linkedLibrary("seccomp"), .linkedLibrary("cap")]
         ),
+        // A SQLite aggregate for GET /executions/trends (per-bucket percentiles in one pass).
+        .target(
+            name: "CTrend",
+            linkerSettings: [.linkedLibrary("sqlite3")]
+        ),
         .target(
             name: "CgroupKit",
             dependencies: ["CSandpit"]
@@ -47,7 +52,7 @@ let package = Package(
         .target(
             name: "Service",
             dependencies: [
-                "Sandbox", "CgroupKit",
+                "Sandbox", "CgroupKit", "CTrend",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),

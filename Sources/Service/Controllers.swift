@@ -214,20 +214,13 @@ struct ExecutionsController: Sendable {
     func addRoutes(to router: Router<BasicRequestContext>) {
         router.get("executions", use: list)
         router.get("executions/stats", use: stats)
+        router.get("executions/trends", use: trends)
         router.get("executions/:id", use: get)
     }
 
-    @Sendable func list(_ request: Request, context: BasicRequestContext) async throws -> Response {
+    /// The list's filters: status, container_name, code_sha256, label.KEY, since, until.
+    func filters(_ p: Parameters) throws -> LogQuery {
         var q = LogQuery()
-        let p = request.uri.queryParameters
-        if let l = p["limit"] {
-            guard let v = Int(l), (1...500).contains(v) else { throw APIError(.badRequest, "invalid_query", "'limit' must be 1 to 500") }
-            q.limit = v
-        }
-        if let c = p["cursor"] {
-            guard let v = Int64(c), v >= 0 else { throw APIError(.badRequest, "invalid_query", "'cursor' must be an execution id") }
-            q.before = v
-        }
         if let s = p["status"] { q.status = String(s) }
         if let n = p["container_name"] { q.containerName = String(n) }
         if let h = p["code_sha256"] {
@@ -237,6 +230,20 @@ struct ExecutionsController: Sendable {
         q.labels = try Labels.filters(p.map { (String($0.key), String($0.value)) })
         q.since = try date(p["since"], "since")
         q.until = try date(p["until"], "until")
+        return q
+    }
+
+    @Sendable func list(_ request: Request, context: BasicRequestContext) async throws -> Response {
+        let p = request.uri.queryParameters
+        var q = try filters(p)
+        if let l = p["limit"] {
+            guard let v = Int(l), (1...500).contains(v) else { throw APIError(.badRequest, "invalid_query", "'limit' must be 1 to 500") }
+            q.limit = v
+        }
+        if let c = p["cursor"] {
+            guard let v = Int64(c), v >= 0 else { throw APIError(.badRequest, "invalid_query", "'cursor' must be an execution id") }
+            q.before = v
+        }
         let records = try await svc.log.list(q)
         var w = JSONWriter()
         w.field("executions", json: "[" + records.map { $0.json() }.joined(separator: ",") + "]")
@@ -249,6 +256,41 @@ struct ExecutionsController: Sendable {
         let since = try date(p["since"], "since"), until = try date(p["until"], "until")
         let samples = try await svc.log.samples(since: since, until: until)
         return JSONBody.response(ExecutionStats.summarize(samples, since: since, until: until).json())
+    }
+
+    /// GET /executions/trends: per time bucket, count and p50 / p95 / max of a metric.
+    @Sendable func trends(_ request: Request, context: BasicRequestContext) async throws -> Response {
+        let p = request.uri.queryParameters
+        guard let m = p["metric"] else { throw APIError(.badRequest, "invalid_query", "'metric' is required") }
+        guard let field = Trends.metrics.first(where: { $0.name == m }) else {
+            let known = Trends.metrics.map(\.name).joined(separator: ", ")
+            throw APIError(.badRequest, "invalid_query", "unknown metric '\(m.prefix(80))' (known: \(known))")
+        }
+        let b = p["bucket"].map(String.init) ?? "1h"
+        guard let bucket = TrendBucket(rawValue: b) else {
+            throw APIError(.badRequest, "invalid_query", "'bucket' must be 1m, 1h or 1d")
+        }
+        var q = try filters(p)
+        // Default window: a day of minutes, 30 days of hours, a year of days.
+        let until = q.until ?? Date()
+        let defaultSpan: Double = switch bucket { case .minute: 86400; case .hour: 30 * 86400; case .day: 365 * 86400 }
+        let since = q.since ?? until.addingTimeInterval(-defaultSpan)
+        guard since < until else { throw APIError(.badRequest, "invalid_query", "'since' must be before 'until'") }
+        guard until.timeIntervalSince(since) / bucket.seconds <= Double(Trends.maxBuckets) else {
+            throw APIError(.badRequest, "invalid_query",
+                           "more than \(Trends.maxBuckets) buckets of \(b) between since and until: narrow the window or use a larger bucket")
+        }
+        q.since = since
+        q.until = until
+        let points = try await svc.log.trends(q, metric: field.name, bucket: bucket)
+        var w = JSONWriter()
+        w.field("metric", field.name)
+        w.field("unit", field.unit)
+        w.field("bucket", b)
+        w.field("since", ExecutionResult.timestamp(since))
+        w.field("until", ExecutionResult.timestamp(until))
+        w.field("buckets", json: "[" + points.map { $0.json(integer: field.type == .integer) }.joined(separator: ",") + "]")
+        return JSONBody.response(w.finish())
     }
 
     @Sendable func get(_ request: Request, context: BasicRequestContext) async throws -> Response {

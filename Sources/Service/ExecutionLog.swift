@@ -25,6 +25,9 @@ public protocol ExecutionLog: Sendable {
     func maintain(_ retention: Retention, now: Date) async throws -> MaintenanceReport
     /// Summaries (no code, output or error), newest first.
     func list(_ query: LogQuery) async throws -> [ExecutionRecord]
+    /// Per bucket of `created_at`, count, p50, p95 and max of a numeric stored field
+    /// over the finished rows that pass the filters (`limit` and the cursor ignored).
+    func trends(_ q: LogQuery, metric: String, bucket: TrendBucket) async throws -> [TrendPoint]
     /// One full record.
     func get(id: Int64) async throws -> ExecutionRecord?
     /// The stored samples of one run, in time order (empty when none were taken).

@@ -1,4 +1,5 @@
 import Foundation
+import CTrend
 import GRDB
 import Sandbox
 import Synchronization
@@ -30,6 +31,8 @@ public final class ExecutionStore: ExecutionLog {
         config.prepareDatabase { db in
             // A checkpointed WAL is cut back to this size instead of keeping its largest.
             try db.execute(sql: "PRAGMA journal_size_limit = \(8 << 20)")
+            let rc = sp_register_trend(db.sqliteConnection)
+            guard rc == SQLITE_OK else { throw DatabaseError(resultCode: ResultCode(rawValue: rc), message: "sp_trend") }
         }
         pool = try DatabasePool(path: path, configuration: config)
         self.host = host
@@ -257,8 +260,9 @@ public final class ExecutionStore: ExecutionLog {
     static let detailColumns = (logColumns + storedFields.map(\.name)).joined(separator: ", ")
 
     /// Newest first; `before` is the cursor (an id).
-    public func list(_ q: LogQuery) async throws -> [ExecutionRecord] {
-        var clauses: [String] = []
+    /// The WHERE clause of a query's filters (all but the page size), and its arguments.
+    static func filter(_ q: LogQuery, extra: [String] = []) -> (sql: String, arguments: StatementArguments) {
+        var clauses: [String] = extra
         var args: [any DatabaseValueConvertible] = []
         if let b = q.before { clauses.append("id < ?"); args.append(b) }
         if let s = q.status { clauses.append("status = ?"); args.append(s) }
@@ -270,9 +274,13 @@ public final class ExecutionStore: ExecutionLog {
         }
         if let s = q.since { clauses.append("created_at >= ?"); args.append(s) }
         if let u = q.until { clauses.append("created_at < ?"); args.append(u) }
-        let whereSQL = clauses.isEmpty ? "" : "WHERE " + clauses.joined(separator: " AND ")
+        let sql = clauses.isEmpty ? "" : "WHERE " + clauses.joined(separator: " AND ")
+        return (sql, StatementArguments(args.map { Optional($0) as (any DatabaseValueConvertible)? }))
+    }
+
+    public func list(_ q: LogQuery) async throws -> [ExecutionRecord] {
+        let (whereSQL, arguments) = Self.filter(q)
         let sql = "SELECT \(Self.listColumns) FROM execution_logs \(whereSQL) ORDER BY id DESC LIMIT \(max(0, q.limit))"
-        let arguments = StatementArguments(args.map { Optional($0) as (any DatabaseValueConvertible)? })
         return try await pool.read { db in
             try Row.fetchAll(db, sql: sql, arguments: arguments).map { Self.record($0, detail: false) }
         }
@@ -282,6 +290,20 @@ public final class ExecutionStore: ExecutionLog {
         try await pool.read { db in
             try Row.fetchOne(db, sql: "SELECT \(Self.detailColumns) FROM execution_logs WHERE id = ?", arguments: [id])
                 .map { Self.record($0, detail: true) }
+        }
+    }
+
+    /// Per bucket of `created_at`, the count, p50, p95 and max of `metric` (a stored
+    /// numeric field) over the finished rows that pass the query's filters. Buckets
+    /// without a value are left out.
+    public func trends(_ q: LogQuery, metric: String, bucket: TrendBucket) async throws -> [TrendPoint] {
+        guard Trends.metrics.contains(where: { $0.name == metric }) else { return [] }
+        let (whereSQL, arguments) = Self.filter(q, extra: ["status != 'running'", "\(metric) IS NOT NULL"])
+        // One aggregate over the scan, no GROUP BY: see Sources/CTrend.
+        let sql = "SELECT sp_trend(created_at, \(metric), \(bucket.keyLength)) AS t FROM execution_logs \(whereSQL)"
+        return try await pool.read { db in
+            let text = try Row.fetchOne(db, sql: sql, arguments: arguments).flatMap { Self.string(Self.cells($0)["t"]) }
+            return TrendAggregate.parse(text ?? "", bucket: bucket)
         }
     }
 

@@ -293,3 +293,112 @@ struct LabelTests {
         }
     }
 }
+
+@Suite("Trends: per-bucket count and percentiles over a generated history (real SQLite, real HTTP)")
+struct TrendTests {
+    /// Three days of 100 finished runs each; on day k (0, 1, 2) the i-th run (1...100)
+    /// peaks at (k + 1) · i MiB and runs every 10 minutes from midnight; every tenth run
+    /// failed; plus one running row per day, which trends leave out.
+    static func seed(_ store: ExecutionStore, from day0: Date) async throws {
+        try await store.pool.write { db in
+            for k in 0..<3 {
+                for i in 1...100 {
+                    let at = day0.addingTimeInterval(Double(k) * 86400 + Double(i - 1) * 600)
+                    try db.execute(sql: """
+                        INSERT INTO execution_logs (container_id, container_name, created_at, started_at, status, success,
+                                                    memory_peak, execution_time, code_sha256)
+                        VALUES (?, 'gen', ?, ?, ?, ?, ?, ?, ?)
+                        """, arguments: ["c\(k)-\(i)", at, at, i % 10 == 0 ? "runtime_error" : "ok", i % 10 != 0,
+                                         Int64(k + 1) * Int64(i) << 20, Double(i) / 100, codeSHA256("day \(k)")])
+                }
+                try db.execute(sql: "INSERT INTO execution_logs (container_id, created_at, status, memory_peak) VALUES (?, ?, 'running', 1)",
+                               arguments: ["r\(k)", day0.addingTimeInterval(Double(k) * 86400 + 30)])
+            }
+        }
+    }
+
+    @Test func bucketsHaveTheKnownCountsAndPercentiles() async throws {
+        try await withService { client, svc in
+            let day0 = Date(timeIntervalSince1970: 1_764_547_200)  // 2025-12-01 00:00 UTC
+            try await Self.seed(svc.store, from: day0)
+            let window = "since=2025-12-01T00:00:00Z&until=2025-12-04T00:00:00Z"
+            func get(_ query: String) async throws -> [String: Any] {
+                let r = try await client.get("/executions/trends?" + query)
+                #expect(r.status == .ok, "\(query): \(String(buffer: r.body))")
+                #expect(openAPI.validate(json(r.body), path: "/executions/trends", method: "get", status: 200).isEmpty)
+                return json(r.body) as? [String: Any] ?? [:]
+            }
+            let days = try await get("metric=memory_peak&bucket=1d&" + window)
+            #expect(days["unit"] as? String == "bytes")
+            let buckets = days["buckets"] as? [[String: Any]] ?? []
+            #expect(buckets.count == 3)
+            for (k, b) in buckets.enumerated() {
+                let mib = Int64(k + 1) << 20
+                #expect(b["start"] as? String == ExecutionResult.timestamp(day0.addingTimeInterval(Double(k) * 86400)))
+                #expect((b["count"] as? NSNumber)?.intValue == 100)
+                #expect((b["p50"] as? NSNumber)?.int64Value == 50 * mib)
+                #expect((b["p95"] as? NSNumber)?.int64Value == 95 * mib)
+                #expect((b["max"] as? NSNumber)?.int64Value == 100 * mib)
+            }
+            // Filters: status, fingerprint; an hour bucket holds six runs.
+            let ok = try await get("metric=memory_peak&bucket=1d&status=ok&code_sha256=\(codeSHA256("day 1"))&" + window)
+            let only = ok["buckets"] as? [[String: Any]] ?? []
+            #expect(only.count == 1 && (only.first?["count"] as? NSNumber)?.intValue == 90)
+            #expect((only.first?["max"] as? NSNumber)?.doubleValue == Double(99 * 2 * 1_048_576))
+            let hours = try await get("metric=execution_time&bucket=1h&" + window)
+            let hb = hours["buckets"] as? [[String: Any]] ?? []
+            #expect(hb.count == 3 * 17)  // 100 runs 10 minutes apart span 17 hours a day
+            #expect(hb.reduce(0) { $0 + (($1["count"] as? NSNumber)?.intValue ?? 0) } == 300)
+            #expect((hb.first?["p50"] as? NSNumber)?.doubleValue == 0.03)  // the first hour: 0.01 ... 0.06
+            let minutes = try await get("metric=memory_peak&bucket=1m&since=2025-12-01T00:00:00Z&until=2025-12-01T01:00:00Z")
+            #expect((minutes["buckets"] as? [[String: Any]])?.count == 6)
+        }
+    }
+
+    @Test func badTrendQueriesAre400s() async throws {
+        try await withService { client, _ in
+            for (query, detail) in [("bucket=1h", "'metric' is required"), ("metric=code", "unknown metric 'code'"),
+                                    ("metric=status", "unknown metric"), ("metric=memory_peak&bucket=5m", "'bucket' must be"),
+                                    ("metric=memory_peak&bucket=1m&since=2025-01-01T00:00:00Z&until=2025-03-01T00:00:00Z", "more than 10000 buckets"),
+                                    ("metric=memory_peak&since=2025-03-01T00:00:00Z&until=2025-01-01T00:00:00Z", "'since' must be before"),
+                                    ("metric=memory_peak&label.X=1", "must be 1 to 64")] {
+                let r = try await client.get("/executions/trends?" + query)
+                #expect(r.status == .badRequest, "\(query)")
+                #expect(((json(r.body) as? [String: Any])?["detail"] as? String)?.contains(detail) == true, "\(query): \(String(buffer: r.body))")
+                #expect(openAPI.validate(json(r.body), path: "/executions/trends", method: "get", status: 400).isEmpty)
+            }
+        }
+    }
+}
+
+extension TrendTests {
+    @Test func theDocumentedMetricsAreTheTrendableFields() throws {
+        let doc = try JSONSerialization.jsonObject(with: Data(OpenAPIDocument.json.utf8)) as? [String: Any]
+        let params = ((((doc?["paths"] as? [String: Any])?["/executions/trends"] as? [String: Any])?["get"] as? [String: Any])?["parameters"]
+            as? [[String: Any]]) ?? []
+        let metric = params.first { $0["name"] as? String == "metric" }
+        let documented = (metric?["schema"] as? [String: Any])?["enum"] as? [String] ?? []
+        #expect(Set(documented) == Set(Trends.metrics.map(\.name)))
+    }
+}
+
+extension TrendTests {
+    /// Rows written by the original service (ISO 8601 with a `T`) and rows out of
+    /// time order fall into the right buckets.
+    @Test func legacyTimestampsAndUnorderedRowsAreBucketedByTime() async throws {
+        try await withService { client, svc in
+            try await svc.store.pool.write { db in
+                for (at, v) in [("2025-12-02 10:00:00.000", 30), ("2025-12-01T09:30:00", 10), ("2025-12-02T11:00:00.5", 20),
+                                ("2025-12-01 23:59:59.999", 40)] {
+                    try db.execute(sql: "INSERT INTO execution_logs (created_at, status, pids_count) VALUES (?, 'ok', ?)", arguments: [at, v])
+                }
+            }
+            let r = try await client.get("/executions/trends?metric=pids_count&bucket=1d&since=2025-12-01T00:00:00Z&until=2025-12-03T00:00:00Z")
+            let b = (json(r.body) as? [String: Any])?["buckets"] as? [[String: Any]] ?? []
+            #expect(b.map { $0["start"] as? String } == ["2025-12-01T00:00:00.000Z", "2025-12-02T00:00:00.000Z"])
+            #expect(b.map { ($0["count"] as? NSNumber)?.intValue } == [2, 2])
+            #expect(b.map { ($0["p50"] as? NSNumber)?.intValue } == [10, 20])
+            #expect(b.map { ($0["max"] as? NSNumber)?.intValue } == [40, 30])
+        }
+    }
+}

@@ -1,0 +1,89 @@
+import Foundation
+import GRDB
+import Sandbox
+
+/// The width of a trend bucket.
+public enum TrendBucket: String, Sendable, CaseIterable {
+    case minute = "1m", hour = "1h", day = "1d"
+
+    public var seconds: Double {
+        switch self {
+        case .minute: 60
+        case .hour: 3600
+        case .day: 86400
+        }
+    }
+
+    /// How much of `created_at` (stored as `YYYY-MM-DD HH:MM:SS.SSS`, UTC) names the bucket.
+    var keyLength: Int {
+        switch self { case .minute: 16; case .hour: 13; case .day: 10 }
+    }
+
+    /// The start of the bucket whose key is `key` (`YYYY-MM-DD[ HH[:MM]]`, UTC).
+    func start(ofKey key: String) -> Date? {
+        let digits = key.split(whereSeparator: { $0 == "-" || $0 == " " || $0 == ":" }).map { Int($0) }
+        let parts = switch self { case .day: 3; case .hour: 4; case .minute: 5 }
+        guard digits.count == parts, !digits.contains(nil) else { return nil }
+        var t = tm()
+        t.tm_year = Int32(digits[0]!) - 1900
+        t.tm_mon = Int32(digits[1]!) - 1
+        t.tm_mday = Int32(digits[2]!)
+        if digits.count > 3 { t.tm_hour = Int32(digits[3]!) }
+        if digits.count > 4 { t.tm_min = Int32(digits[4]!) }
+        return Date(timeIntervalSince1970: Double(timegm(&t)))
+    }
+}
+
+/// One bucket of a trend: how many runs had the metric, and its nearest-rank p50,
+/// p95 and maximum among them.
+public struct TrendPoint: Sendable, Equatable {
+    public var start: Date
+    public var count: Int
+    public var p50: Double
+    public var p95: Double
+    public var max: Double
+    public init(start: Date, count: Int, p50: Double, p95: Double, max: Double) {
+        self.start = start
+        self.count = count
+        self.p50 = p50
+        self.p95 = p95
+        self.max = max
+    }
+
+    func json(integer: Bool) -> String {
+        var w = JSONWriter()
+        w.field("start", ExecutionResult.timestamp(start))
+        w.field("count", Int64(count))
+        for (k, v) in [("p50", p50), ("p95", p95), ("max", max)] {
+            if integer { w.field(k, Int64(v)) } else { w.field(k, v) }
+        }
+        return w.finish()
+    }
+}
+
+public enum Trends {
+    /// The metrics a trend can follow: every numeric field of the result that is stored.
+    public static let metrics: [ResultField] = ExecutionResult.schema.filter {
+        $0.storage != .none && ($0.type == .integer || $0.type == .number)
+    }
+    /// At most this many buckets in one answer.
+    public static let maxBuckets = 10_000
+}
+
+/// Reads what the SQLite aggregate `sp_trend` (Sources/CTrend) answers: one line per
+/// bucket, `key count p50 p95 max`.
+enum TrendAggregate {
+    static func parse(_ text: String, bucket: TrendBucket) -> [TrendPoint] {
+        text.split(separator: "\n").compactMap { line -> TrendPoint? in
+            let parts = line.split(separator: " ")
+            // The key has a space in it from the hour on ("2026-11-01 13").
+            guard parts.count >= 5 else { return nil }
+            let key = parts[0..<(parts.count - 4)].joined(separator: " ")
+            let tail = parts.suffix(4)
+            guard let start = bucket.start(ofKey: key), let n = Int(tail[tail.startIndex]),
+                  let p50 = Double(tail[tail.startIndex + 1]), let p95 = Double(tail[tail.startIndex + 2]),
+                  let max = Double(tail[tail.startIndex + 3]) else { return nil }
+            return TrendPoint(start: start, count: n, p50: p50, p95: p95, max: max)
+        }
+    }
+}
