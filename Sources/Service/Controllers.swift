@@ -215,6 +215,7 @@ struct ExecutionsController: Sendable {
         router.get("executions", use: list)
         router.get("executions/stats", use: stats)
         router.get("executions/trends", use: trends)
+        router.get("executions/regressions", use: regressions)
         router.get("executions/:id", use: get)
     }
 
@@ -258,14 +259,80 @@ struct ExecutionsController: Sendable {
         return JSONBody.response(ExecutionStats.summarize(samples, since: since, until: until).json())
     }
 
-    /// GET /executions/trends: per time bucket, count and p50 / p95 / max of a metric.
-    @Sendable func trends(_ request: Request, context: BasicRequestContext) async throws -> Response {
-        let p = request.uri.queryParameters
+    /// A numeric query parameter within `range`, or `fallback` when absent.
+    func number(_ p: Parameters, _ name: String, _ range: ClosedRange<Double>, _ fallback: Double, integer: Bool = false) throws -> Double {
+        guard let s = p[Substring(name)] else { return fallback }
+        guard let v = Double(s), range.contains(v), !integer || v == v.rounded() else {
+            throw APIError(.badRequest, "invalid_query",
+                           "'\(name)' must be \(integer ? "an integer" : "a number") from \(range.lowerBound) to \(range.upperBound)")
+        }
+        return v
+    }
+
+    /// The metric a query names: a numeric stored field of the result.
+    func metric(_ p: Parameters) throws -> ResultField {
         guard let m = p["metric"] else { throw APIError(.badRequest, "invalid_query", "'metric' is required") }
         guard let field = Trends.metrics.first(where: { $0.name == m }) else {
             let known = Trends.metrics.map(\.name).joined(separator: ", ")
             throw APIError(.badRequest, "invalid_query", "unknown metric '\(m.prefix(80))' (known: \(known))")
         }
+        return field
+    }
+
+    /// GET /executions/regressions: the fingerprints (or label values) whose latest
+    /// `window` runs are worse than the `baseline` runs before them (see `Regression`).
+    @Sendable func regressions(_ request: Request, context: BasicRequestContext) async throws -> Response {
+        let p = request.uri.queryParameters
+        let field = try metric(p)
+        let window = Int(try number(p, "window", 5...1000, 20, integer: true))
+        let baseline = Int(try number(p, "baseline", 5...10000, 80, integer: true))
+        let minRatio = try number(p, "min_ratio", 1...1000, 1.2)
+        let alpha = try number(p, "alpha", 0.000001...0.5, 0.001)
+        let by = p["by"].map(String.init) ?? "code_sha256"
+        var labelKey: String?
+        if by != "code_sha256" {
+            guard by.hasPrefix("label."), Labels.isValidKey(String(by.dropFirst(6))) else {
+                throw APIError(.badRequest, "invalid_query", "'by' must be code_sha256 or label.KEY")
+            }
+            labelKey = String(by.dropFirst(6))
+        }
+        let series = try await svc.log.latestValues(try filters(p), metric: field.name, labelKey: labelKey, count: window + baseline)
+        let full = series.filter { $0.values.count == window + baseline }
+        // The level is shared among the groups checked (Bonferroni).
+        let level = alpha / Double(max(1, full.count))
+        var found: [(RunSeries, Regression.Finding)] = []
+        for s in full {
+            if let f = Regression.check(baseline: Array(s.values[window...]), recent: Array(s.values[..<window]), alpha: level, minRatio: minRatio) {
+                found.append((s, f))
+            }
+        }
+        found.sort { $0.1.pValue < $1.1.pValue }
+        var w = JSONWriter()
+        w.field("metric", field.name)
+        w.field("unit", field.unit)
+        w.field("by", by)
+        w.field("window", Int64(window))
+        w.field("baseline", Int64(baseline))
+        w.field("min_ratio", minRatio)
+        w.field("alpha", alpha)
+        w.field("checked", Int64(full.count))
+        w.field("regressions", json: "[" + found.map { s, f in
+            var o = JSONWriter()
+            o.field("fingerprint", s.group)
+            o.field("latest_id", s.latestID)
+            o.field("baseline_median", f.baselineMedian)
+            o.field("recent_median", f.recentMedian)
+            o.field("ratio", f.ratio)
+            o.field("p_value", f.pValue)
+            return o.finish()
+        }.joined(separator: ",") + "]")
+        return JSONBody.response(w.finish())
+    }
+
+    /// GET /executions/trends: per time bucket, count and p50 / p95 / max of a metric.
+    @Sendable func trends(_ request: Request, context: BasicRequestContext) async throws -> Response {
+        let p = request.uri.queryParameters
+        let field = try metric(p)
         let b = p["bucket"].map(String.init) ?? "1h"
         guard let bucket = TrendBucket(rawValue: b) else {
             throw APIError(.badRequest, "invalid_query", "'bucket' must be 1m, 1h or 1d")
@@ -274,12 +341,10 @@ struct ExecutionsController: Sendable {
         // Default window: a day of minutes, 30 days of hours, a year of days.
         let until = q.until ?? Date()
         let defaultSpan: Double = switch bucket { case .minute: 86400; case .hour: 30 * 86400; case .day: 365 * 86400 }
-        let since = q.since ?? until.addingTimeInterval(-defaultSpan)
-        guard since < until else { throw APIError(.badRequest, "invalid_query", "'since' must be before 'until'") }
-        guard until.timeIntervalSince(since) / bucket.seconds <= Double(Trends.maxBuckets) else {
-            throw APIError(.badRequest, "invalid_query",
-                           "more than \(Trends.maxBuckets) buckets of \(b) between since and until: narrow the window or use a larger bucket")
-        }
+        // A window of more than `maxBuckets` buckets is cut to the latest ones (the
+        // answer's `since` says where it starts); an empty window has no buckets.
+        let since = max(q.since ?? until.addingTimeInterval(-defaultSpan),
+                        until.addingTimeInterval(-Double(Trends.maxBuckets) * bucket.seconds))
         q.since = since
         q.until = until
         let points = try await svc.log.trends(q, metric: field.name, bucket: bucket)

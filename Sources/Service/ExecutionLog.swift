@@ -28,6 +28,9 @@ public protocol ExecutionLog: Sendable {
     /// Per bucket of `created_at`, count, p50, p95 and max of a numeric stored field
     /// over the finished rows that pass the filters (`limit` and the cursor ignored).
     func trends(_ q: LogQuery, metric: String, bucket: TrendBucket) async throws -> [TrendPoint]
+    /// Per group (fingerprint, or value of label `labelKey`), the metric of its newest
+    /// `count` finished runs that pass the filters, newest first.
+    func latestValues(_ q: LogQuery, metric: String, labelKey: String?, count: Int) async throws -> [RunSeries]
     /// One full record.
     func get(id: Int64) async throws -> ExecutionRecord?
     /// The stored samples of one run, in time order (empty when none were taken).

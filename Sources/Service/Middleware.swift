@@ -27,7 +27,8 @@ struct MethodMiddleware<Context: RequestContext>: RouterMiddleware {
     static func allowed(_ path: String) -> String? {
         switch path {
         case "/execute": "POST"
-        case "/executions", "/executions/stats", "/health", "/metrics", "/openapi.json": "GET, HEAD"
+        case "/executions", "/executions/stats", "/executions/trends", "/executions/regressions", "/health", "/metrics",
+             "/openapi.json": "GET, HEAD"
         default:
             if path.hasPrefix("/executions/") && !path.dropFirst(12).contains("/") { "GET, HEAD, DELETE" }
             else if path.hasPrefix("/executions/") && (path.hasSuffix("/events") || path.hasSuffix("/samples")) && path.split(separator: "/").count == 3 { "GET, HEAD" }

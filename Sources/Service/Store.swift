@@ -307,6 +307,34 @@ public final class ExecutionStore: ExecutionLog {
         }
     }
 
+    /// For each group (a fingerprint, or the value of label `labelKey`), the metric of
+    /// its newest `count` finished runs, newest first, and the newest run's id.
+    public func latestValues(_ q: LogQuery, metric: String, labelKey: String?, count: Int) async throws -> [RunSeries] {
+        guard Trends.metrics.contains(where: { $0.name == metric }) else { return [] }
+        let (whereSQL, filterArgs) = Self.filter(q, extra: ["status != 'running'", "\(metric) IS NOT NULL"]
+                                                    + (labelKey == nil ? ["code_sha256 IS NOT NULL"] : []))
+        let inner = labelKey == nil
+            ? "SELECT code_sha256 AS g, \(metric) AS v, id, ROW_NUMBER() OVER (PARTITION BY code_sha256 ORDER BY id DESC) AS rn "
+                + "FROM execution_logs \(whereSQL)"
+            : "SELECT l.value AS g, \(metric) AS v, id, ROW_NUMBER() OVER (PARTITION BY l.value ORDER BY id DESC) AS rn "
+                + "FROM execution_logs JOIN execution_labels l ON l.execution_id = id AND l.key = ? \(whereSQL)"
+        let sql = "SELECT g, v, id FROM (\(inner)) WHERE rn <= ? ORDER BY g, rn"
+        var args: StatementArguments = labelKey.map { [$0] } ?? []
+        args += filterArgs
+        args += [count]
+        let arguments = args
+        return try await pool.read { db in
+            var out: [RunSeries] = []
+            for row in try Row.fetchAll(db, sql: sql, arguments: arguments) {
+                let c = Self.cells(row)
+                guard let g = Self.string(c["g"]), let v = Self.double(c["v"]) else { continue }
+                if out.last?.group != g { out.append(RunSeries(group: g, latestID: Self.int(c["id"]) ?? 0, values: [])) }
+                out[out.count - 1].values.append(v)
+            }
+            return out
+        }
+    }
+
     public func samples(since: Date?, until: Date?) async throws -> [RunSample] {
         var clauses: [String] = ["status NOT IN ('running')"]
         var args: [any DatabaseValueConvertible] = []
