@@ -296,37 +296,9 @@ struct ExecutionsController: Sendable {
             }
             labelKey = String(by.dropFirst(6))
         }
-        let series = try await svc.log.latestValues(try filters(p), metric: field.name, labelKey: labelKey, count: window + baseline)
-        let full = series.filter { $0.values.count == window + baseline }
-        // The level is shared among the groups checked (Bonferroni).
-        let level = alpha / Double(max(1, full.count))
-        var found: [(RunSeries, Regression.Finding)] = []
-        for s in full {
-            if let f = Regression.check(baseline: Array(s.values[window...]), recent: Array(s.values[..<window]), alpha: level, minRatio: minRatio) {
-                found.append((s, f))
-            }
-        }
-        found.sort { $0.1.pValue < $1.1.pValue }
-        var w = JSONWriter()
-        w.field("metric", field.name)
-        w.field("unit", field.unit)
-        w.field("by", by)
-        w.field("window", Int64(window))
-        w.field("baseline", Int64(baseline))
-        w.field("min_ratio", minRatio)
-        w.field("alpha", alpha)
-        w.field("checked", Int64(full.count))
-        w.field("regressions", json: "[" + found.map { s, f in
-            var o = JSONWriter()
-            o.field("fingerprint", s.group)
-            o.field("latest_id", s.latestID)
-            o.field("baseline_median", f.baselineMedian)
-            o.field("recent_median", f.recentMedian)
-            o.field("ratio", f.ratio)
-            o.field("p_value", f.pValue)
-            return o.finish()
-        }.joined(separator: ",") + "]")
-        return JSONBody.response(w.finish())
+        let report = try await Regression.report(svc.log, try filters(p), metric: field, by: by, labelKey: labelKey,
+                                                 window: window, baseline: baseline, alpha: alpha, minRatio: minRatio)
+        return JSONBody.response(report.json())
     }
 
     /// GET /executions/trends: per time bucket, count and p50 / p95 / max of a metric.
@@ -338,24 +310,11 @@ struct ExecutionsController: Sendable {
             throw APIError(.badRequest, "invalid_query", "'bucket' must be 1m, 1h or 1d")
         }
         var q = try filters(p)
-        // Default window: a day of minutes, 30 days of hours, a year of days.
-        let until = q.until ?? Date()
-        let defaultSpan: Double = switch bucket { case .minute: 86400; case .hour: 30 * 86400; case .day: 365 * 86400 }
-        // A window of more than `maxBuckets` buckets is cut to the latest ones (the
-        // answer's `since` says where it starts); an empty window has no buckets.
-        let since = max(q.since ?? until.addingTimeInterval(-defaultSpan),
-                        until.addingTimeInterval(-Double(Trends.maxBuckets) * bucket.seconds))
+        let (since, until) = bucket.window(since: q.since, until: q.until)
         q.since = since
         q.until = until
         let points = try await svc.log.trends(q, metric: field.name, bucket: bucket)
-        var w = JSONWriter()
-        w.field("metric", field.name)
-        w.field("unit", field.unit)
-        w.field("bucket", b)
-        w.field("since", ExecutionResult.timestamp(since))
-        w.field("until", ExecutionResult.timestamp(until))
-        w.field("buckets", json: "[" + points.map { $0.json(integer: field.type == .integer) }.joined(separator: ",") + "]")
-        return JSONBody.response(w.finish())
+        return JSONBody.response(Trends.json(points, metric: field, bucket: bucket, since: since, until: until))
     }
 
     @Sendable func get(_ request: Request, context: BasicRequestContext) async throws -> Response {

@@ -25,7 +25,7 @@ public enum Labels {
         }
     }
 
-    static func validate(key: String, value: String, in place: String) throws(APIError) {
+    public static func validate(key: String, value: String, in place: String) throws(APIError) {
         guard isValidKey(key) else {
             throw APIError(.badRequest, "invalid_request", "\(place): key '\(key.prefix(80))' must be 1 to 64 of a-z 0-9 _ . -")
         }

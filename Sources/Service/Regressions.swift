@@ -1,4 +1,5 @@
 import Foundation
+import Sandbox
 
 /// Regression detection: did a program's metric get worse in its latest runs?
 ///
@@ -69,5 +70,60 @@ public enum Regression {
         let p = mannWhitneyP(baseline: baseline, recent: recent)
         guard p < alpha else { return nil }
         return Finding(baselineMedian: b, recentMedian: r, ratio: ratio, pValue: p)
+    }
+}
+
+extension Regression {
+    /// What `GET /executions/regressions` (and `sandpit regressions`) answers.
+    public struct Report: Sendable {
+        public var metric: ResultField
+        public var by: String
+        public var window: Int, baseline: Int
+        public var alpha: Double, minRatio: Double
+        /// Groups with enough runs.
+        public var checked: Int
+        /// Worst (smallest p) first.
+        public var found: [(series: RunSeries, finding: Finding)]
+
+        public func json() -> String {
+            var w = JSONWriter()
+            w.field("metric", metric.name)
+            w.field("unit", metric.unit)
+            w.field("by", by)
+            w.field("window", Int64(window))
+            w.field("baseline", Int64(baseline))
+            w.field("min_ratio", minRatio)
+            w.field("alpha", alpha)
+            w.field("checked", Int64(checked))
+            w.field("regressions", json: "[" + found.map { s, f in
+                var o = JSONWriter()
+                o.field("fingerprint", s.group)
+                o.field("latest_id", s.latestID)
+                o.field("baseline_median", f.baselineMedian)
+                o.field("recent_median", f.recentMedian)
+                o.field("ratio", f.ratio)
+                o.field("p_value", f.pValue)
+                return o.finish()
+            }.joined(separator: ",") + "]")
+            return w.finish()
+        }
+    }
+
+    /// Checks every group of the log with `window + baseline` runs; the level `alpha`
+    /// is shared among them (Bonferroni).
+    public static func report(_ log: any ExecutionLog, _ q: LogQuery, metric: ResultField, by: String, labelKey: String?,
+                              window: Int, baseline: Int, alpha: Double, minRatio: Double) async throws -> Report {
+        let series = try await log.latestValues(q, metric: metric.name, labelKey: labelKey, count: window + baseline)
+        let full = series.filter { $0.values.count == window + baseline }
+        let level = alpha / Double(max(1, full.count))
+        var found: [(series: RunSeries, finding: Finding)] = []
+        for s in full {
+            if let f = check(baseline: Array(s.values[window...]), recent: Array(s.values[..<window]), alpha: level, minRatio: minRatio) {
+                found.append((s, f))
+            }
+        }
+        found.sort { $0.finding.pValue < $1.finding.pValue }
+        return Report(metric: metric, by: by, window: window, baseline: baseline, alpha: alpha, minRatio: minRatio,
+                      checked: full.count, found: found)
     }
 }

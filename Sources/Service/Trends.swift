@@ -14,6 +14,16 @@ public enum TrendBucket: String, Sendable, CaseIterable {
         }
     }
 
+    /// The window a trend covers. Default: a day of minutes, 30 days of hours, a year
+    /// of days, before `until` (default now). A window of more than `maxBuckets`
+    /// buckets is cut to the latest ones (the answer's `since` says where it starts).
+    public func window(since: Date?, until: Date?, now: Date = Date()) -> (since: Date, until: Date) {
+        let until = until ?? now
+        let defaultSpan: Double = switch self { case .minute: 86400; case .hour: 30 * 86400; case .day: 365 * 86400 }
+        let since = max(since ?? until.addingTimeInterval(-defaultSpan), until.addingTimeInterval(-Double(Trends.maxBuckets) * seconds))
+        return (since, until)
+    }
+
     /// How much of `created_at` (stored as `YYYY-MM-DD HH:MM:SS.SSS`, UTC) names the bucket.
     var keyLength: Int {
         switch self { case .minute: 16; case .hour: 13; case .day: 10 }
@@ -68,6 +78,18 @@ public enum Trends {
     }
     /// At most this many buckets in one answer.
     public static let maxBuckets = 10_000
+
+    /// The answer of `GET /executions/trends` (and `sandpit trends --json`).
+    public static func json(_ points: [TrendPoint], metric: ResultField, bucket: TrendBucket, since: Date, until: Date) -> String {
+        var w = JSONWriter()
+        w.field("metric", metric.name)
+        w.field("unit", metric.unit)
+        w.field("bucket", bucket.rawValue)
+        w.field("since", ExecutionResult.timestamp(since))
+        w.field("until", ExecutionResult.timestamp(until))
+        w.field("buckets", json: "[" + points.map { $0.json(integer: metric.type == .integer) }.joined(separator: ",") + "]")
+        return w.finish()
+    }
 }
 
 /// Reads what the SQLite aggregate `sp_trend` (Sources/CTrend) answers: one line per

@@ -510,3 +510,59 @@ struct RegressionTests {
         }
     }
 }
+
+/// `sandpit history`, `trends` and `regressions`: the real binary on a generated log.
+@Suite("CLI: history, trends and regressions read the log serve writes (real binary, real SQLite)")
+struct HistoryCLITests {
+    func sandpit(_ args: [String]) throws -> (Int32, String) {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: ServerProcess.binary)
+        p.arguments = args
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = out
+        try p.run()
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return (p.terminationStatus, String(decoding: data, as: UTF8.self))
+    }
+
+    @Test func theThreeCommandsAnswerAsTheAPIDoes() async throws {
+        let db = tempDB()
+        defer { removeDB(db) }
+        let store = try ExecutionStore(path: db)
+        try store.prepare()
+        let day0 = Date(timeIntervalSince1970: 1_764_547_200)
+        try await TrendTests.seed(store, from: day0)
+
+        let window = ["--since", "2025-12-01T00:00:00Z", "--until", "2025-12-04T00:00:00Z"]
+        let (s1, trends) = try sandpit(["trends", "--db", db, "--metric", "memory_peak", "--bucket", "1d", "--json"] + window)
+        #expect(s1 == 0, "\(trends)")
+        let t = try JSONSerialization.jsonObject(with: Data(trends.utf8)) as? [String: Any]
+        #expect(openAPI.validate(t as Any, path: "/executions/trends", method: "get", status: 200).isEmpty)
+        let buckets = t?["buckets"] as? [[String: Any]] ?? []
+        #expect(buckets.map { ($0["p50"] as? NSNumber)?.int64Value } == [50 << 20, 100 << 20, 150 << 20])
+
+        let (s2, rows) = try sandpit(["history", "--db", db, "--limit", "5", "--status", "runtime_error", "--json"])
+        #expect(s2 == 0, "\(rows)")
+        let list = try JSONSerialization.jsonObject(with: Data(rows.utf8)) as? [[String: Any]] ?? []
+        #expect(list.count == 5 && list.allSatisfy { $0["status"] as? String == "runtime_error" })
+        let ids = list.compactMap { ($0["id"] as? NSNumber)?.int64Value }
+        #expect(ids == ids.sorted(by: >))
+        let (_, tableText) = try sandpit(["history", "--db", db, "--limit", "2", "--code-sha256", codeSHA256("day 2")])
+        #expect(tableText.hasPrefix("ID") && tableText.split(separator: "\n").count == 3, "\(tableText)")
+
+        // Within each seeded day the peak grows with i: the last 20 runs are worse than the 80 before.
+        let (s3, reg) = try sandpit(["regressions", "--db", db, "--metric", "memory_peak", "--json"])
+        #expect(s3 == 0, "\(reg)")
+        let r = try JSONSerialization.jsonObject(with: Data(reg.utf8)) as? [String: Any]
+        #expect(openAPI.validate(r as Any, path: "/executions/regressions", method: "get", status: 200).isEmpty)
+        #expect((r?["checked"] as? NSNumber)?.intValue == 3)
+        #expect((r?["regressions"] as? [[String: Any]])?.count == 3)
+
+        let (s4, err) = try sandpit(["trends", "--db", db, "--metric", "nope"])
+        #expect(s4 != 0 && err.contains("unknown metric 'nope'"))
+        let (s5, err5) = try sandpit(["history", "--db", db + ".missing"])
+        #expect(s5 != 0 && err5.contains("no execution log"))
+    }
+}
