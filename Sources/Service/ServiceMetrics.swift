@@ -8,6 +8,9 @@ public final class ServiceMetrics: Sendable {
     let inFlight: Gauge
     let queueDepth: Gauge
     let rejections: Counter
+    let cpuTime: ValueHistogram
+    let memoryPeak: ValueHistogram
+    let blockIO: ValueHistogram
     private let byStatus: [String: Counter]
 
     public init() {
@@ -19,6 +22,19 @@ public final class ServiceMetrics: Sendable {
         inFlight = registry.makeGauge(name: "sandpit_executions_in_flight", help: "Runs executing now.")
         queueDepth = registry.makeGauge(name: "sandpit_queue_depth", help: "Requests waiting for a slot.")
         rejections = registry.makeCounter(name: "sandpit_rejections_total", help: "Requests refused with 429 (queue full).")
+        // Per-run cost, for capacity planning and alerting (deploy/sandpit-alerts.yml).
+        cpuTime = registry.makeValueHistogram(
+            name: "sandpit_execution_cpu_seconds",
+            buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
+            help: "CPU time of a run (user + system, all its tasks).")
+        memoryPeak = registry.makeValueHistogram(
+            name: "sandpit_execution_memory_peak_bytes",
+            buckets: [4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096].map { Double($0) * 1_048_576 },
+            help: "Memory peak of a run's cgroup.")
+        blockIO = registry.makeValueHistogram(
+            name: "sandpit_execution_block_io_bytes",
+            buckets: [0, 4096, 65536, 1_048_576, 16_777_216, 134_217_728, 1_073_741_824],
+            help: "Block I/O of a run (read + write).")
         var m: [String: Counter] = [:]
         for s in RunStatus.allCases.map(\.rawValue) {
             m[s] = registry.makeCounter(name: "sandpit_executions_total", labels: [("status", s)],
@@ -30,6 +46,9 @@ public final class ServiceMetrics: Sendable {
     func finished(_ r: ExecutionResult) {
         byStatus[r.status.rawValue]?.increment()
         duration.record(.nanoseconds(Int64(r.executionTime * 1e9)))
+        if let u = r.cpuUserTime, let s = r.cpuSystemTime { cpuTime.record(u + s) }
+        if let p = r.memoryPeak { memoryPeak.record(Double(p)) }
+        if let rd = r.blockIORead, let wr = r.blockIOWrite { blockIO.record(Double(rd + wr)) }
     }
 
     public func text() -> String { registry.emitToString() }

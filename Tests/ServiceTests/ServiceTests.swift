@@ -274,6 +274,20 @@ struct ServiceRunTests {
             let metrics = String(buffer: try await client.get("/metrics").body)
             #expect(metrics.contains("sandpit_executions_total{status=\"ok\"} 4"))
             #expect(metrics.contains("sandpit_execution_duration_seconds_count 4"))
+            #expect(metrics.contains("sandpit_execution_cpu_seconds_count 4"))
+            #expect(metrics.contains("sandpit_execution_memory_peak_bytes_count 4"))
+            // Every example peaked below 512 MiB.
+            #expect(metrics.contains("sandpit_execution_memory_peak_bytes_bucket{le=\"536870912.0\"} 4"), "\(metrics)")
+            // The I/O example wrote at least 8 KiB: not every run is in the zero bucket.
+            #expect(!metrics.contains("sandpit_execution_block_io_bytes_bucket{le=\"0.0\"} 4"))
+            // The example alerting rules only use series this service exports.
+            let rules = try String(contentsOfFile: #filePath.replacingOccurrences(of: "Tests/ServiceTests/ServiceTests.swift", with: "systemd/sandpit-alerts.yml"), encoding: .utf8)
+            let used = Set(rules.matches(of: /sandpit_[a-z_]+/).map { String($0.output) })
+            #expect(used.count >= 5)
+            for name in used {
+                let base = name.replacingOccurrences(of: #"_(bucket|count|sum)$"#, with: "", options: .regularExpression)
+                #expect(metrics.contains("# TYPE \(base) ") || metrics.contains("\n\(name)"), "\(name) is not exported")
+            }
         }
     }
 
