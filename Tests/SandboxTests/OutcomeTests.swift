@@ -53,7 +53,8 @@ struct OutcomeTests {
         let setup = classify(RunObservation(setupFailure: "sandbox setup failed at pivot_root: Invalid argument", killed: .wallTime))
         #expect(setup.status == .internalError && setup.exitCode == nil && setup.error == "sandbox setup failed at pivot_root: Invalid argument")
         let stopped = classify(RunObservation(killed: .stopped("the service shut down")))
-        #expect(stopped.status == .internalError && stopped.error == "stopped: the service shut down")
+        // Stopped by the service (shutdown after its grace): interrupted, not a sandbox failure.
+        #expect(stopped.status == .interrupted && !stopped.success && stopped.error == "stopped: the service shut down")
         let silent = classify(RunObservation())
         #expect(silent.status == .internalError && silent.error == "the sandbox init ended without a report")
         #expect(Execution.stageName(8, detail: 0) == "pivot_root")
