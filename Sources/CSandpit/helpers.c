@@ -210,10 +210,27 @@ int sp_copy_sparse(int from_fd, int to_fd, uint64_t size) {
         off_t in = data, outp = data;
         while (in < hole) {
             ssize_t n = copy_file_range(from_fd, &in, to_fd, &outp, (size_t)(hole - in), 0);
-            if (n < 0) {
-                if (errno == EINTR) continue;
-                return -errno;
+            if (n < 0 && errno == EINTR) continue;
+            if (n < 0 && (errno == EXDEV || errno == EOPNOTSUPP || errno == ENOSYS || errno == EINVAL)) {
+                /* The two files are on filesystems copy_file_range cannot join (before
+                   Linux 6.2 or through overlayfs, e.g. a template in an overlay's lower
+                   layer and the image in its upper one): copy through a buffer. */
+                char buf[65536];
+                size_t want = (size_t)(hole - in) < sizeof buf ? (size_t)(hole - in) : sizeof buf;
+                ssize_t r = pread(from_fd, buf, want, in);
+                if (r < 0 && errno == EINTR) continue;
+                if (r <= 0) return r < 0 ? -errno : -EIO;
+                for (ssize_t done = 0; done < r;) {
+                    ssize_t w = pwrite(to_fd, buf + done, (size_t)(r - done), outp + done);
+                    if (w < 0 && errno == EINTR) continue;
+                    if (w <= 0) return w < 0 ? -errno : -EIO;
+                    done += w;
+                }
+                in += r;
+                outp += r;
+                continue;
             }
+            if (n < 0) return -errno;
             if (n == 0) break;
         }
         pos = hole;
