@@ -44,10 +44,7 @@ struct LogFilters: ParsableArguments {
     }
 
     static func metric(_ name: String) throws -> ResultField {
-        guard let f = Trends.metrics.first(where: { $0.name == name }) else {
-            throw ValidationError("unknown metric '\(name)' (known: \(Trends.metrics.map(\.name).joined(separator: ", ")))")
-        }
-        return f
+        do { return try Trends.metric(Substring(name)) } catch { throw ValidationError(error.detail) }
     }
 }
 
@@ -135,11 +132,8 @@ struct Regressions: AsyncParsableCommand {
         let field = try LogFilters.metric(metric)
         guard (5...1000).contains(window), (5...10000).contains(baseline) else { throw ValidationError("--window 5-1000, --baseline 5-10000") }
         guard minRatio >= 1, alpha > 0, alpha <= 0.5 else { throw ValidationError("--min-ratio ≥ 1, 0 < --alpha ≤ 0.5") }
-        var labelKey: String?
-        if by != "code_sha256" {
-            guard by.hasPrefix("label."), Labels.isValidKey(String(by.dropFirst(6))) else { throw ValidationError("--by is code_sha256 or label.KEY") }
-            labelKey = String(by.dropFirst(6))
-        }
+        let labelKey: String?
+        do { labelKey = try Regression.labelKey(by: by) } catch { throw ValidationError(error.detail) }
         let report = try await Regression.report(filters.store(), try filters.query(), metric: field, by: by, labelKey: labelKey,
                                                  window: window, baseline: baseline, alpha: alpha, minRatio: minRatio)
         if json {

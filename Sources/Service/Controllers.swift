@@ -272,11 +272,7 @@ struct ExecutionsController: Sendable {
     /// The metric a query names: a numeric stored field of the result.
     func metric(_ p: Parameters) throws -> ResultField {
         guard let m = p["metric"] else { throw APIError(.badRequest, "invalid_query", "'metric' is required") }
-        guard let field = Trends.metrics.first(where: { $0.name == m }) else {
-            let known = Trends.metrics.map(\.name).joined(separator: ", ")
-            throw APIError(.badRequest, "invalid_query", "unknown metric '\(m.prefix(80))' (known: \(known))")
-        }
-        return field
+        return try Trends.metric(m)
     }
 
     /// GET /executions/regressions: the fingerprints (or label values) whose latest
@@ -289,13 +285,7 @@ struct ExecutionsController: Sendable {
         let minRatio = try number(p, "min_ratio", 1...1000, 1.2)
         let alpha = try number(p, "alpha", 0.000001...0.5, 0.001)
         let by = p["by"].map(String.init) ?? "code_sha256"
-        var labelKey: String?
-        if by != "code_sha256" {
-            guard by.hasPrefix("label."), Labels.isValidKey(String(by.dropFirst(6))) else {
-                throw APIError(.badRequest, "invalid_query", "'by' must be code_sha256 or label.KEY")
-            }
-            labelKey = String(by.dropFirst(6))
-        }
+        let labelKey = try Regression.labelKey(by: by)
         let report = try await Regression.report(svc.log, try filters(p), metric: field, by: by, labelKey: labelKey,
                                                  window: window, baseline: baseline, alpha: alpha, minRatio: minRatio)
         return JSONBody.response(report.json())

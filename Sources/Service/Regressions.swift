@@ -74,6 +74,15 @@ public enum Regression {
 }
 
 extension Regression {
+    /// What `by` groups runs by: nil for `code_sha256`, the key of `label.KEY`.
+    public static func labelKey(by: String) throws(APIError) -> String? {
+        if by == "code_sha256" { return nil }
+        guard by.hasPrefix("label."), Labels.isValidKey(String(by.dropFirst(6))) else {
+            throw APIError(.badRequest, "invalid_query", "'by' must be code_sha256 or label.KEY")
+        }
+        return String(by.dropFirst(6))
+    }
+
     /// What `GET /executions/regressions` (and `sandpit regressions`) answers.
     public struct Report: Sendable {
         public var metric: ResultField

@@ -76,6 +76,15 @@ public enum Trends {
     public static let metrics: [ResultField] = ExecutionResult.schema.filter {
         $0.storage != .none && ($0.type == .integer || $0.type == .number)
     }
+    /// The metric `name` names, or a 400 that lists the known ones.
+    public static func metric(_ name: Substring) throws(APIError) -> ResultField {
+        guard let field = metrics.first(where: { $0.name == name }) else {
+            let known = metrics.map(\.name).joined(separator: ", ")
+            throw APIError(.badRequest, "invalid_query", "unknown metric '\(name.prefix(80))' (known: \(known))")
+        }
+        return field
+    }
+
     /// At most this many buckets in one answer.
     public static let maxBuckets = 10_000
 
