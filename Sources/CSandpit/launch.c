@@ -257,14 +257,22 @@ static _Noreturn void sp_program_main(const sp_launch_spec *s) {
 
     if (dup2(s->stdin_fd, 0) < 0 || dup2(s->stdout_fd, 1) < 0 || dup2(s->stderr_fd, 2) < 0)
         sp_prog_fail(s, SP_STAGE_STDIO);
-    int ex = s->exec_fd;
-    if (ex != 3) {
-        if (dup3(ex, 3, O_CLOEXEC) < 0) sp_prog_fail(s, SP_STAGE_STDIO);
-        ex = 3;
+    // fd 3: the custom-metrics pipe (kept across execve) when there is one; the exec
+    // record's pipe (closed by execve) just above it. Both go above 9 first, so that
+    // neither dup overwrites the other's source.
+    int ex = fcntl(s->exec_fd, F_DUPFD_CLOEXEC, 10);
+    if (ex < 0) sp_prog_fail(s, SP_STAGE_STDIO);
+    int first = 3;
+    if (s->metrics_fd >= 0) {
+        int m = fcntl(s->metrics_fd, F_DUPFD_CLOEXEC, 10);
+        if (m < 0 || dup2(m, 3) < 0) sp_prog_fail(s, SP_STAGE_STDIO);  // dup2: without CLOEXEC
+        first = 4;
     }
-    syscall(SYS_close_range, 4U, ~0U, 0);
+    if (dup3(ex, first, O_CLOEXEC) < 0) sp_prog_fail(s, SP_STAGE_STDIO);
+    syscall(SYS_close_range, (unsigned)first + 1, ~0U, 0);
     sp_launch_spec local = *s;
-    local.exec_fd = ex;
+    local.exec_fd = first;
+    local.metrics_fd = s->metrics_fd >= 0 ? 3 : -1;
     s = &local;
 
     if (s->cwd && chdir(s->cwd) < 0) sp_prog_fail(s, SP_STAGE_CHDIR);
@@ -320,8 +328,8 @@ static _Noreturn void sp_init_main(const sp_launch_spec *s) {
     sp_phase[0] = sp_now_ns();
     sp_hide_args();
     umask(0);
-    int keep[16] = {s->stdin_fd, s->stdout_fd, s->stderr_fd, s->exec_fd, s->report_fd, s->release_fd};
-    int nkeep = 6;
+    int keep[16] = {s->stdin_fd, s->stdout_fd, s->stderr_fd, s->exec_fd, s->report_fd, s->release_fd, s->metrics_fd};
+    int nkeep = 7;
     if (s->net_fd >= 0) keep[nkeep++] = s->net_fd;
     for (size_t i = 0; i < s->nops && nkeep < 16; i++)
         if (s->ops[i].kind == SP_OP_MOVE_MOUNT) keep[nkeep++] = s->ops[i].fd;
@@ -407,6 +415,7 @@ static _Noreturn void sp_init_main(const sp_launch_spec *s) {
     close(s->stdout_fd);
     close(s->stderr_fd);
     close(s->exec_fd);
+    if (s->metrics_fd >= 0) close(s->metrics_fd);
 
     // Init keeps only CAP_KILL (to end the program's leftovers) and cannot gain more.
     for (int c = 0; c <= s->last_cap; c++)

@@ -126,6 +126,7 @@ static int sp_z_pack(packer *p, const sp_launch_spec *in) {
     o->exec_fd = pk_fd(p, in->exec_fd);
     o->report_fd = pk_fd(p, in->report_fd);
     o->release_fd = pk_fd(p, in->release_fd);
+    o->metrics_fd = pk_fd(p, in->metrics_fd);
     if (p->err) return -p->err;
     h.nfds = (uint32_t)p->nfds;
     memcpy(p->buf, &h, sizeof h);
@@ -217,6 +218,7 @@ static int sp_z_unpack(char *buf, size_t len, const int *fds, int nfds, sp_launc
     s.exec_fd = up_fd(&u, s.exec_fd, fds, nfds);
     s.report_fd = up_fd(&u, s.report_fd, fds, nfds);
     s.release_fd = up_fd(&u, s.release_fd, fds, nfds);
+    s.metrics_fd = up_fd(&u, s.metrics_fd, fds, nfds);
     if (u.bad || !s.exe || !s.argv || !s.new_root) return -EINVAL;
     *out = s;
     return 0;

@@ -43,7 +43,7 @@ struct LogFilters: ParsableArguments {
         return store
     }
 
-    static func metric(_ name: String) throws -> ResultField {
+    static func metric(_ name: String) throws -> TrendMetric {
         do { return try Trends.metric(Substring(name)) } catch { throw ValidationError(error.detail) }
     }
 }
@@ -105,7 +105,7 @@ struct TrendsCommand: AsyncParsableCommand {
         guard let b = TrendBucket(rawValue: bucket) else { throw ValidationError("--bucket must be 1m, 1h or 1d") }
         var q = try filters.query()
         (q.since, q.until) = b.window(since: q.since, until: q.until)
-        let points = try await filters.store().trends(q, metric: field.name, bucket: b)
+        let points = try await filters.store().trends(q, metric: field, bucket: b)
         if json {
             print(Trends.json(points, metric: field, bucket: b, since: q.since!, until: q.until!))
             return

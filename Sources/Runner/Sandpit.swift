@@ -3,6 +3,7 @@ import CgroupKit
 import Foundation
 import Logging
 import Sandbox
+import Service
 
 @main
 struct Sandpit: AsyncParsableCommand {
@@ -40,6 +41,32 @@ struct Run: AsyncParsableCommand {
     @Flag(help: "Print the run's events (started, stdout, stderr, sample, limit, result) as JSON lines on stdout.")
     var events = false
     @Option(help: "Seconds between samples for --live and --events (0.01 to 60).") var sampleInterval: Double = 0.25
+    @Option(name: .customLong("label"), help: "A label of the run, KEY=VALUE (repeatable); stored with --log.") var labels: [String] = []
+    @Option(name: .customLong("log"), help: "Also record the run in this execution log (the database `serve` writes), with its labels.")
+    var logDB: String?
+    @Option(name: .customLong("alert"), help: "An alert rule 'NAME: FIELD OP NUMBER' (repeatable); matched names are in the result's alerts.")
+    var alertRules: [String] = []
+
+    /// The --label pairs, checked as the API checks `labels`.
+    func parsedLabels() throws -> [String: String] {
+        var out: [String: String] = [:]
+        for kv in labels {
+            guard let eq = kv.firstIndex(of: "=") else { throw ValidationError("--label takes KEY=VALUE, not '\(kv)'") }
+            let (k, v) = (String(kv[..<eq]), String(kv[kv.index(after: eq)...]))
+            guard out[k] == nil else { throw ValidationError("--label \(k) is given twice") }
+            out[k] = v
+        }
+        do { try Labels.validate(out) } catch { throw ValidationError(error.detail.replacingOccurrences(of: "'labels'", with: "--label")) }
+        return out
+    }
+
+    func parsedAlertRules() throws -> [AlertRule] {
+        var rules: [AlertRule] = []
+        for text in alertRules {
+            do { try rules.appendUnique(AlertRule(parsing: text)) } catch { throw ValidationError(error.message) }
+        }
+        return rules
+    }
 
     func validate() throws {
         if code == nil && file == nil { throw ValidationError("give a FILE, -c CODE or - (standard input)") }
@@ -53,6 +80,8 @@ struct Run: AsyncParsableCommand {
         if scratchSize < 4 << 20 { throw ValidationError("--scratch-size must be at least 4 MiB") }
         if !(0.01...60).contains(sampleInterval) { throw ValidationError("--sample-interval must be between 0.01 and 60") }
         if [live, events, json].filter({ $0 }).count > 1 { throw ValidationError("--live, --events and --json exclude each other") }
+        _ = try parsedLabels()
+        _ = try parsedAlertRules()
     }
 
     func run() async throws {
@@ -88,7 +117,15 @@ struct Run: AsyncParsableCommand {
         logger.logLevel = ProcessInfo.processInfo.environment["SANDPIT_LOG"].flatMap { Logger.Level(rawValue: $0) } ?? .warning
         // One run: cloning this small process is cheaper than starting a launcher, and
         // nothing is prepared or kept for a next run.
-        let sandbox = Sandbox(settings: .oneShot(), logger: logger)
+        var settings = SandboxSettings.oneShot()
+        settings.alertRules = try parsedAlertRules()
+        let sandbox = Sandbox(settings: settings, logger: logger)
+        // The log is opened (and migrated) before the run: a bad path fails before any code runs.
+        let store = try logDB.map { path -> ExecutionStore in
+            let s = try ExecutionStore(path: path)
+            try s.prepare()
+            return s
+        }
         req.sampleInterval = (sampleInterval * 1000).rounded() / 1000
         let runEvents = live || events ? RunEvents() : nil
         let consumer = runEvents.map { ev in
@@ -116,6 +153,12 @@ struct Run: AsyncParsableCommand {
             if let e = result.error { FileHandle.standardError.write(Data(e.utf8)) }
             FileHandle.standardError.write(Data(MetricsTable.render(result).utf8))
         }
+        if let store {
+            // One row, written once the run is over (nothing stays `running` if this process dies).
+            let rowID = try await store.begin(code: req.code, name: name, containerID: result.containerID,
+                                              labels: try parsedLabels(), queuedAt: result.startedAt, startedAt: result.startedAt)
+            try await store.finish(id: rowID, result: result, finishedAt: Date(), samples: [])
+        }
         await sandbox.quiesce()  // the run's cgroup and scratch are gone before we exit
         sandbox.sweepStale()     // and so is anything an earlier, crashed sandpit left
         throw ExitCode(Int32(exitStatus(result)))
@@ -142,6 +185,11 @@ enum MetricsTable {
         lines.append("cpu    user \(f(r.cpuUserTime)) s  sys \(f(r.cpuSystemTime)) s  \(f(r.cpuPercent, 1)) %")
         lines.append("memory peak \(b(r.memoryPeak))  now \(b(r.memoryUsage))  limit \(b(r.memoryLimit))  \(f(r.memoryPercent, 1)) %")
         lines.append("io     read \(b(r.blockIORead))  write \(b(r.blockIOWrite))  net rx \(b(r.networkIORx)) tx \(b(r.networkIOTx))  tasks \(r.pidsCount.map(String.init) ?? "-")")
+        for (name, m) in r.customMetrics.sorted(by: { $0.key < $1.key }) {
+            lines.append("custom \(name) last \(m.last) min \(m.min) max \(m.max) n \(m.count)" + (m.unit.map { " \($0)" } ?? ""))
+        }
+        if !r.alerts.isEmpty { lines.append("alerts \(r.alerts.joined(separator: ", "))") }
+        if r.customMetricsRejected > 0 { lines.append("custom metric lines rejected: \(r.customMetricsRejected)") }
         if r.stdoutTruncated || r.stderrTruncated {
             lines.append("output truncated: stdout \(r.stdoutTruncated) stderr \(r.stderrTruncated)")
         }
@@ -194,7 +242,7 @@ enum LiveStatus {
             case .result:
                 clear()
                 status = ""
-            case .started:
+            case .started, .metric:
                 break
             }
         }

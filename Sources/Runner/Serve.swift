@@ -25,11 +25,29 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Days finished runs are kept in the log (0: forever).") var retainDays: Double = 30
     @Option(help: "Rows the log keeps at most, newest first (0: no cap).") var retainRows = 1_000_000
     @Option(help: "Bytes of stdout and of stderr stored per row (responses are not cut).") var logOutputLimit = 256 << 10
+    @Option(name: .customLong("alert"), help: "An alert rule 'NAME: FIELD OP NUMBER', e.g. 'big: memory_percent > 90' (repeatable).")
+    var alerts: [String] = []
+    @Option(help: "A file of alert rules, one 'NAME: FIELD OP NUMBER' per line (# comments).") var alertFile: String?
+
+    func alertRules() throws -> [AlertRule] {
+        var rules: [AlertRule] = []
+        do {
+            for text in alerts { try rules.appendUnique(AlertRule(parsing: text)) }
+            if let f = alertFile {
+                guard let text = try? String(contentsOfFile: f, encoding: .utf8) else { throw ValidationError("cannot read \(f)") }
+                do { rules = try AlertRule.parseFile(text, existing: rules) } catch { throw AlertRuleError("\(f): \(error.message)") }
+            }
+        } catch let e as AlertRuleError {
+            throw ValidationError(e.message)
+        }
+        return rules
+    }
 
     func validate() throws {
         if readTimeout <= 0 || idleTimeout <= 0 { throw ValidationError("timeouts must be positive") }
         if maxConnections < 1 { throw ValidationError("--max-connections must be at least 1") }
         if retainDays < 0 || retainRows < 0 || logOutputLimit < 0 { throw ValidationError("retention values must not be negative") }
+        _ = try alertRules()
     }
 
     func run() async throws {
@@ -48,6 +66,8 @@ struct Serve: AsyncParsableCommand {
         config.maxConnections = maxConnections
         config.retention = .init(days: retainDays > 0 ? retainDays : nil, rows: retainRows > 0 ? retainRows : nil)
         config.logOutputLimit = logOutputLimit
+        config.alertRules = try alertRules()
+        for r in config.alertRules { logger.info("alert rule \(r)") }
         // Each connection is a descriptor: make room for the cap (up to the hard limit).
         var nofile = rlimit()
         if getrlimit(Int32(RLIMIT_NOFILE.rawValue), &nofile) == 0 {

@@ -105,6 +105,9 @@ public struct SandboxSettings: Sendable {
     /// `Sandbox.shutdown()` before they exit (the service does; a crashed one's spare
     /// is swept like any stale run cgroup).
     public var spareCgroup = false
+    /// Rules every result is checked against; the names of those it matches are in its
+    /// `alerts` (and in the result event).
+    public var alertRules: [AlertRule] = []
 
     /// Settings for a process that runs once and exits (the CLI): nothing is kept or
     /// prepared for later runs.

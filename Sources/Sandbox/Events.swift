@@ -13,6 +13,8 @@ public enum RunEvent: Sendable {
     case sample(LiveSample)
     /// The supervisor is ending the run: "wall_time", "cpu_time", "output", "memory", "stopped".
     case limitHit(String)
+    /// A point the program reported on its metrics pipe.
+    case metric(CustomPoint)
     case result(ExecutionResult)
 }
 
@@ -254,6 +256,8 @@ public struct EventEncoder: Sendable {
             var w = JSONWriter()
             w.field("limit", kind)
             return [("limit", w.finish())]
+        case .metric(let p):
+            return [("metric", p.json())]
         case .result(let r):
             var out: [(name: String, json: String)] = []
             for stream in [OutputChannel.stdout, .stderr] {

@@ -80,9 +80,11 @@ final class Execution: @unchecked Sendable {
     let scratchMount: FD
     // parent ends
     let stdoutR: FD, stderrR: FD, execR: FD, reportR: FD
+    /// The program's custom-metrics pipe (read end).
+    let metricsR: FD
     let releaseW: FD
     // child ends (closed after launch)
-    let stdinFD: FD, stdoutW: FD, stderrW: FD, execW: FD, reportW: FD, releaseR: FD
+    let stdinFD: FD, stdoutW: FD, stderrW: FD, execW: FD, reportW: FD, releaseR: FD, metricsW: FD
     /// The run's network namespace (given back to the sandbox's pool at teardown).
     let nsfd: FD
     var pid: pid_t = 0
@@ -156,7 +158,11 @@ final class Execution: @unchecked Sendable {
         (execR, execW) = pipe()
         (reportR, reportW) = pipe()
         (releaseR, releaseW) = pipe()
-        for fd in [stdoutR, stderrR, execR, reportR] { _ = fcntl(fd.raw, F_SETFL, O_NONBLOCK) }
+        (metricsR, metricsW) = pipe()
+        for fd in [stdoutR, stderrR, execR, reportR, metricsR] { _ = fcntl(fd.raw, F_SETFL, O_NONBLOCK) }
+        // The program may open its pipes again by path (/dev/stdout, SANDPIT_METRICS=/dev/fd/3),
+        // which checks the pipe's owner: the run's user.
+        for fd in [stdoutW, stderrW, metricsW] { _ = fchown(fd.raw, sandbox.settings.uid, sandbox.settings.gid) }
         nsfd = FD(sandbox.takeNetns())
         let memfd = sp_memfd("sandpit-stdin")
         if memfd >= 0 && !request.stdin.isEmpty {
@@ -189,7 +195,8 @@ final class Execution: @unchecked Sendable {
         let t = Self.threadCount(limits: request.limits)
         return ["PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/work", "LANG=C.UTF-8", "TMPDIR=/tmp"]
             + request.runtime.environment
-            + ["OPENBLAS_NUM_THREADS=\(t)", "OMP_NUM_THREADS=\(t)", "MKL_NUM_THREADS=\(t)"]
+            + ["OPENBLAS_NUM_THREADS=\(t)", "OMP_NUM_THREADS=\(t)", "MKL_NUM_THREADS=\(t)",
+               "SANDPIT_METRICS=\(CustomMetrics.path)"]
     }
 
     func start() {
@@ -258,6 +265,7 @@ final class Execution: @unchecked Sendable {
         spec.exec_fd = execW.raw
         spec.report_fd = reportW.raw
         spec.release_fd = releaseR.raw
+        spec.metrics_fd = metricsW.raw
 
         launchNs = monotonicNanos()
         var fd: Int32 = -1
@@ -265,7 +273,7 @@ final class Execution: @unchecked Sendable {
             if let l = sandbox.launcher { return l.launch(&spec, pidfd: &fd) }
             return sp_launch(&spec, &fd)
         }
-        for f in [stdinFD, stdoutW, stderrW, execW, reportW, releaseR, scratchMount] { f.close() }
+        for f in [stdinFD, stdoutW, stderrW, execW, reportW, releaseR, metricsW, scratchMount] { f.close() }
         if r < 0 {
             launchError = "clone3: \(String(cString: strerror(-r)))"
             return

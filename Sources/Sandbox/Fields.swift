@@ -3,9 +3,12 @@ import Foundation
 /// One value of a result field, typed as the JSON and SQL sides see it.
 public enum FieldValue: Sendable, Equatable {
     case string(String?), bool(Bool?), int(Int64?), double(Double?)
+    /// JSON text of an object or an array (stored as such in a TEXT column).
+    case json(String?)
 
     public var isNull: Bool {
         switch self {
+        case .json(let v): v == nil
         case .string(let v): v == nil
         case .bool(let v): v == nil
         case .int(let v): v == nil
@@ -16,7 +19,7 @@ public enum FieldValue: Sendable, Equatable {
 
 /// The JSON type of a field (the OpenAPI document's `type`).
 public enum FieldType: String, Sendable {
-    case string, integer, number, boolean
+    case string, integer, number, boolean, object, array
 }
 
 /// Where a field lives in the execution log: not at all, in the full row only
@@ -143,6 +146,20 @@ extension ExecutionResult {
         .bool("timed_out", \.timedOut, "the wall-clock or CPU limit ended the run"),
         .bool("stdout_truncated", \.stdoutTruncated, "stdout was cut at output_limit"),
         .bool("stderr_truncated", \.stderrTruncated, "stderr was cut at output_limit"),
+        ResultField(name: "custom_metrics", type: .object, nullable: false, unit: "", storage: .detail, sqlType: "TEXT",
+                    v2: "the program's SANDPIT_METRICS pipe", v1: "the program's SANDPIT_METRICS pipe",
+                    doc: "the program's own metrics: {name: {last, min, max, count, unit}}",
+                    get: { .json(CustomMetrics.json($0.customMetrics)) },
+                    set: { r, v in if case .json(let t?) = v { r.customMetrics = CustomMetrics.decode(t) } }),
+        ResultField(name: "custom_metrics_rejected", type: .integer, nullable: false, unit: "lines", storage: .detail,
+                    sqlType: "INTEGER", v2: "the program's SANDPIT_METRICS pipe", v1: "the program's SANDPIT_METRICS pipe",
+                    doc: "lines of the metrics pipe that were not kept (malformed, over a limit)",
+                    get: { .int(Int64($0.customMetricsRejected)) },
+                    set: { r, v in if case .int(let i?) = v { r.customMetricsRejected = Int(clamping: i) } }),
+        ResultField(name: "alerts", type: .array, nullable: false, unit: "", storage: .summary, sqlType: "TEXT",
+                    v2: "", v1: "", doc: "names of the service's alert rules this run matched",
+                    get: { .json(CustomMetrics.json($0.alerts)) },
+                    set: { r, v in if case .json(let t?) = v { r.alerts = CustomMetrics.decodeStrings(t) } }),
         ResultField(name: "started_at", type: .string, nullable: false, unit: "", storage: .summary, sqlType: "TIMESTAMP",
                     v2: "", v1: "", doc: "RFC 3339 time the run started",
                     get: { .string(ExecutionResult.timestamp($0.startedAt)) },

@@ -47,6 +47,14 @@ public struct ExecutionResult: Sendable, Equatable {
     public var stdoutTruncated: Bool
     public var stderrTruncated: Bool
     public var startedAt: Date
+    /// The program's own metrics (`custom_metrics`), and the lines of its pipe not kept.
+    public var customMetrics: [String: CustomMetric] = [:]
+    public var customMetricsRejected = 0
+    /// The points behind `customMetrics`, in the order reported (logged by the service;
+    /// not part of the result's JSON).
+    public var customPoints: [CustomPoint] = []
+    /// Alert rules the run matched (set by the service).
+    public var alerts: [String] = []
 
     public init(containerID: String, containerName: String, startedAt: Date) {
         success = false
@@ -75,6 +83,8 @@ extension ExecutionResult: Codable {
             case .bool(let v): try c.encode(v, forKey: key)
             case .int(let v): try c.encode(v, forKey: key)
             case .double(let v): try c.encode(v, forKey: key)
+            case .json:
+                if f.name == "alerts" { try c.encode(alerts, forKey: key) } else { try c.encode(customMetrics, forKey: key) }
             }
         }
     }
@@ -90,6 +100,11 @@ extension ExecutionResult: Codable {
             case .boolean: value = .bool(f.nullable ? try c.decodeIfPresent(Bool.self, forKey: key) : try c.decode(Bool.self, forKey: key))
             case .integer: value = .int(f.nullable ? try c.decodeIfPresent(Int64.self, forKey: key) : try c.decode(Int64.self, forKey: key))
             case .number: value = .double(f.nullable ? try c.decodeIfPresent(Double.self, forKey: key) : try c.decode(Double.self, forKey: key))
+            case .object, .array:
+                // (absent in results of older sandpits)
+                if f.name == "alerts" { alerts = try c.decodeIfPresent([String].self, forKey: key) ?? [] }
+                else { customMetrics = try c.decodeIfPresent([String: CustomMetric].self, forKey: key) ?? [:] }
+                continue
             }
             f.set(&self, value)
         }
@@ -167,6 +182,14 @@ public struct JSONWriter: Sendable {
 
     private mutating func raw(_ s: String) { out.append(contentsOf: s.utf8) }
 
+    /// `s` as a JSON string literal.
+    public static func quoted(_ s: String) -> String {
+        var w = JSONWriter()
+        w.out = []
+        w.string(s)
+        return String(decoding: w.out, as: UTF8.self)
+    }
+
     /// A field whose value is JSON text written elsewhere (an array, an object).
     public mutating func field(_ k: String, json: String) {
         key(k)
@@ -179,6 +202,7 @@ public struct JSONWriter: Sendable {
         case .bool(let v): key(k); raw(v.map { $0 ? "true" : "false" } ?? "null")
         case .int(let v): field(k, v)
         case .double(let v): field(k, v)
+        case .json(let v): field(k, json: v ?? "null")
         }
     }
 

@@ -61,7 +61,8 @@ public final class Sandbox: Sendable {
         begin()
         return await withCheckedContinuation { (cont: CheckedContinuation<ExecutionResult, Never>) in
             let thread = Thread {
-                let (result, execution) = self.execute(request, id: id, events: events)
+                var (result, execution) = self.execute(request, id: id, events: events)
+                result.alerts = self.settings.alertRules.matches(result)
                 events?.emit(.result(result))
                 events?.finish()
                 cont.resume(returning: result)

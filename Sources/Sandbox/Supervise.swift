@@ -48,6 +48,7 @@ extension Execution {
         }
         let lim = request.limits
         var out = Capture(cap: lim.outputBytes), err = Capture(cap: lim.outputBytes)
+        var metrics = MetricsReader()
         var execNs: Int64?
         var execFailure: sp_exec_record?
         var report: sp_report?
@@ -58,7 +59,7 @@ extension Execution {
 
         let ep = epoll_create1(Int32(EPOLL_CLOEXEC))
         defer { close(ep) }
-        for fd in [stdoutR.raw, stderrR.raw, execR.raw, reportR.raw, pidfd] {
+        for fd in [stdoutR.raw, stderrR.raw, execR.raw, reportR.raw, metricsR.raw, pidfd] {
             var ev = epoll_event()
             ev.events = EPOLLIN.rawValue | EPOLLHUP.rawValue
             ev.data.fd = fd
@@ -80,6 +81,9 @@ extension Execution {
         let watchers = self.events
         let emitOut: ((ArraySlice<UInt8>) -> Void)? = watchers.map { ev in { if ev.hasSubscribers { ev.emit(.output(.stdout, Array($0))) } } }
         let emitErr: ((ArraySlice<UInt8>) -> Void)? = watchers.map { ev in { if ev.hasSubscribers { ev.emit(.output(.stderr, Array($0))) } } }
+        let emitMetric: ((CustomPoint) -> Void)? = watchers.map { ev in { if ev.hasSubscribers { ev.emit(.metric($0)) } } }
+        /// A point's time: seconds since execve (the program writes only after it).
+        let pointTime = { [launchNs] () -> Double in Double(monotonicNanos() - (execNs ?? launchNs)) / 1e9 }
         // Live samples, while someone watches: every sampleInterval from execve.
         var sampler = watchers == nil ? nil : LiveSampler(monitor: monitor, initPid: pid)
         let sampleNs = Int64(max(0.001, request.sampleInterval) * 1e9)
@@ -168,6 +172,9 @@ extension Execution {
                 } else if fd == stderrR.raw {
                     if !err.drain(stderrR.raw, fresh: emitErr) { kill(.output) }
                     if err.eof { _ = epoll_ctl(ep, EPOLL_CTL_DEL, stderrR.raw, nil) }
+                } else if fd == metricsR.raw {
+                    metrics.drain(metricsR.raw, now: pointTime, fresh: emitMetric)
+                    if metrics.eof { _ = epoll_ctl(ep, EPOLL_CTL_DEL, metricsR.raw, nil) }
                 } else if fd == execR.raw {
                     if readExecRecords() { _ = epoll_ctl(ep, EPOLL_CTL_DEL, execR.raw, nil) }  // EOF: exec done
                 } else if fd == reportR.raw {
@@ -185,6 +192,8 @@ extension Execution {
         // Whatever is still in the pipes (every writer is dead once init has exited).
         _ = out.drain(stdoutR.raw, fresh: emitOut)
         _ = err.drain(stderrR.raw, fresh: emitErr)
+        // (what is left of a flood is not waited for: at most one more read's worth)
+        if !metrics.eof { metrics.drain(metricsR.raw, now: pointTime, fresh: emitMetric) }
         if report == nil { report = readRecord(reportR.raw) }
         _ = readExecRecords()
 
@@ -222,6 +231,9 @@ extension Execution {
         result.output = String(decoding: out.bytes, as: UTF8.self)
         result.stdoutTruncated = out.truncated
         result.stderrTruncated = err.truncated
+        result.customMetrics = metrics.summaries
+        result.customMetricsRejected = metrics.rejected
+        result.customPoints = metrics.points
         let exitNs = report.map { $0.kind == SP_REPORT_EXITED.rawValue ? $0.exit_ns : endNs } ?? (killNs ?? endNs)
         if let e = execNs { result.executionTime = max(0, Double(exitNs - e) / 1e9) }
 
@@ -305,7 +317,7 @@ extension Execution {
         }
         let t1 = monotonicNanos()
         if !backend.processes(run).isEmpty { try? backend.kill(run) }
-        for fd in [stdoutR, stderrR, execR, reportR] { fd.close() }
+        for fd in [stdoutR, stderrR, execR, reportR, metricsR] { fd.close() }
         sandbox.recycleNetns(nsfd.take(), quiet: netQuiet)
         do { try backend.remove(run) } catch { sandbox.logger.error("run \(id): \(error)") }
         let t2 = monotonicNanos()

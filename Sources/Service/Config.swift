@@ -29,6 +29,9 @@ public struct ServiceConfig: Sendable {
     public var maxConnections = 4096
     /// A comment line on an event stream after this long without an event.
     public var keepAlive: Duration = .seconds(15)
+    /// Rules each run is checked against (`alerts` in its result and row,
+    /// `sandpit_alerts_total{rule}` on /metrics).
+    public var alertRules: [AlertRule] = []
 
     public init(databasePath: String) {
         self.databasePath = databasePath

@@ -22,7 +22,7 @@ public final class ServiceContext: Sendable {
         self.sandbox = sandbox
         self.log = log
         admission = Admission(maxConcurrency: config.maxConcurrency, queueSize: config.queueSize)
-        metrics = ServiceMetrics()
+        metrics = ServiceMetrics(alertRules: config.alertRules.map(\.name))
         connections = ConnectionLimiter(max: config.maxConnections)
         self.logger = logger
     }
@@ -63,6 +63,7 @@ public final class ServiceContext: Sendable {
         try log.prepare { logger.info("migrate: \($0)") }
         var settings = SandboxSettings(stateDirectory: config.stateDirectory)
         settings.spareCgroup = true  // `serve` and the tests call sandbox.shutdown() at the end
+        settings.alertRules = config.alertRules
         let sandbox = Sandbox(settings: settings, logger: logger)
         let interrupted = try await log.markInterrupted()
         if interrupted > 0 { logger.warning("marked \(interrupted) run(s) of a previous instance as interrupted") }

@@ -131,6 +131,7 @@ struct LiveController: Sendable {
     func addRoutes(to router: Router<BasicRequestContext>) {
         router.get("executions/:id/events", use: watch)
         router.get("executions/:id/samples", use: samples)
+        router.get("executions/:id/custom-metrics", use: customMetrics)
         router.delete("executions/:id", use: cancel)
     }
 
@@ -166,10 +167,21 @@ struct LiveController: Sendable {
             throw APIError(.conflict, "not_here", "execution \(id) is running but not in this service instance")
         }
         let samples = try await svc.log.series(id: id)
+        let points = try await svc.log.customPoints(id: id, name: nil)
         let result = record.result()
         var sse = SSEWriter(rowID: id, name: result.containerName)
         var frames = sse.frames(.started(id: result.containerID, at: result.startedAt))
-        for s in samples { frames += sse.frames(.sample(s)) }
+        // Samples and metric points in time order (each list is already in order).
+        var (i, j) = (0, 0)
+        while i < samples.count || j < points.count {
+            if j >= points.count || (i < samples.count && samples[i].elapsed <= points[j].t) {
+                frames += sse.frames(.sample(samples[i]))
+                i += 1
+            } else {
+                frames += sse.frames(.metric(points[j]))
+                j += 1
+            }
+        }
         frames += sse.frames(.result(result))
         let headers = eventStreamHeaders(id: id)
         var body = ByteBuffer()
@@ -187,6 +199,24 @@ struct LiveController: Sendable {
         var w = JSONWriter()
         w.field("execution_id", id)
         w.field("samples", json: "[" + samples.map { $0.json() }.joined(separator: ",") + "]")
+        return JSONBody.response(w.finish())
+    }
+
+    /// GET /executions/{id}/custom-metrics: the points the run reported on its metrics
+    /// pipe, in order (`?name=` for one metric's).
+    @Sendable func customMetrics(_ request: Request, context: BasicRequestContext) async throws -> Response {
+        let id = try rowID(context)
+        let name = request.uri.queryParameters["name"].map(String.init)
+        if let name, !CustomMetrics.isValidName(name) {
+            throw APIError(.badRequest, "invalid_query", "'name' must match [A-Za-z_][A-Za-z0-9_.]{0,63}")
+        }
+        guard try await svc.log.get(id: id) != nil else {
+            throw APIError(.notFound, "not_found", "no execution with id \(id)")
+        }
+        let points = try await svc.log.customPoints(id: id, name: name)
+        var w = JSONWriter()
+        w.field("execution_id", id)
+        w.field("points", json: "[" + points.map { $0.json() }.joined(separator: ",") + "]")
         return JSONBody.response(w.finish())
     }
 
@@ -270,7 +300,7 @@ struct ExecutionsController: Sendable {
     }
 
     /// The metric a query names: a numeric stored field of the result.
-    func metric(_ p: Parameters) throws -> ResultField {
+    func metric(_ p: Parameters) throws -> TrendMetric {
         guard let m = p["metric"] else { throw APIError(.badRequest, "invalid_query", "'metric' is required") }
         return try Trends.metric(m)
     }
@@ -303,7 +333,7 @@ struct ExecutionsController: Sendable {
         let (since, until) = bucket.window(since: q.since, until: q.until)
         q.since = since
         q.until = until
-        let points = try await svc.log.trends(q, metric: field.name, bucket: bucket)
+        let points = try await svc.log.trends(q, metric: field, bucket: bucket)
         return JSONBody.response(Trends.json(points, metric: field, bucket: bucket, since: since, until: until))
     }
 

@@ -27,14 +27,16 @@ public protocol ExecutionLog: Sendable {
     func list(_ query: LogQuery) async throws -> [ExecutionRecord]
     /// Per bucket of `created_at`, count, p50, p95 and max of a numeric stored field
     /// over the finished rows that pass the filters (`limit` and the cursor ignored).
-    func trends(_ q: LogQuery, metric: String, bucket: TrendBucket) async throws -> [TrendPoint]
+    func trends(_ q: LogQuery, metric: TrendMetric, bucket: TrendBucket) async throws -> [TrendPoint]
     /// Per group (fingerprint, or value of label `labelKey`), the metric of its newest
     /// `count` finished runs that pass the filters, newest first.
-    func latestValues(_ q: LogQuery, metric: String, labelKey: String?, count: Int) async throws -> [RunSeries]
+    func latestValues(_ q: LogQuery, metric: TrendMetric, labelKey: String?, count: Int) async throws -> [RunSeries]
     /// One full record.
     func get(id: Int64) async throws -> ExecutionRecord?
     /// The stored samples of one run, in time order (empty when none were taken).
     func series(id: Int64) async throws -> [LiveSample]
+    /// The points run `id` reported on its metrics pipe (only `name`'s when given).
+    func customPoints(id: Int64, name: String?) async throws -> [CustomPoint]
     /// The numbers `ExecutionStats` aggregates, of finished runs created in the window.
     func samples(since: Date?, until: Date?) async throws -> [RunSample]
 }

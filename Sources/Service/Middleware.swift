@@ -31,7 +31,7 @@ struct MethodMiddleware<Context: RequestContext>: RouterMiddleware {
              "/openapi.json": "GET, HEAD"
         default:
             if path.hasPrefix("/executions/") && !path.dropFirst(12).contains("/") { "GET, HEAD, DELETE" }
-            else if path.hasPrefix("/executions/") && (path.hasSuffix("/events") || path.hasSuffix("/samples")) && path.split(separator: "/").count == 3 { "GET, HEAD" }
+            else if path.hasPrefix("/executions/") && (path.hasSuffix("/events") || path.hasSuffix("/samples") || path.hasSuffix("/custom-metrics")) && path.split(separator: "/").count == 3 { "GET, HEAD" }
             else { nil }
         }
     }

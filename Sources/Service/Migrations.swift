@@ -109,6 +109,18 @@ public enum Schema {
             }
             try db.execute(sql: "CREATE INDEX IF NOT EXISTS execution_labels_execution_id ON execution_labels (execution_id)")
         }
+        // A program's own metrics (their summary on the row, every point in
+        // `execution_custom_metrics`) and the alert rules a run matched.
+        m.registerMigration("v5 custom metrics and alerts") { db in
+            try addColumn(db, "custom_metrics", "TEXT", log)
+            try addColumn(db, "custom_metrics_rejected", "INTEGER", log)
+            try addColumn(db, "alerts", "TEXT", log)
+            if try !db.tableExists("execution_custom_metrics") {
+                try db.execute(sql: customMetricsTable)
+                log.say("created table execution_custom_metrics")
+                log.report.withLock { $0.otherSteps.append("created table execution_custom_metrics") }
+            }
+        }
         return m
     }
 
@@ -120,6 +132,19 @@ public enum Schema {
           value TEXT NOT NULL,
           execution_id INTEGER NOT NULL,
           PRIMARY KEY (key, value, execution_id)
+        ) WITHOUT ROWID
+        """
+
+    /// Every point a run reported on its metrics pipe, in order (`seq`); `t` is
+    /// seconds since execve.
+    public static let customMetricsTable = """
+        CREATE TABLE IF NOT EXISTS execution_custom_metrics (
+          execution_id INTEGER NOT NULL,
+          seq INTEGER NOT NULL,
+          t REAL NOT NULL,
+          name TEXT NOT NULL,
+          value REAL NOT NULL,
+          PRIMARY KEY (execution_id, seq)
         ) WITHOUT ROWID
         """
 

@@ -85,7 +85,7 @@ extension Regression {
 
     /// What `GET /executions/regressions` (and `sandpit regressions`) answers.
     public struct Report: Sendable {
-        public var metric: ResultField
+        public var metric: TrendMetric
         public var by: String
         public var window: Int, baseline: Int
         public var alpha: Double, minRatio: Double
@@ -120,9 +120,9 @@ extension Regression {
 
     /// Checks every group of the log with `window + baseline` runs; the level `alpha`
     /// is shared among them (Bonferroni).
-    public static func report(_ log: any ExecutionLog, _ q: LogQuery, metric: ResultField, by: String, labelKey: String?,
+    public static func report(_ log: any ExecutionLog, _ q: LogQuery, metric: TrendMetric, by: String, labelKey: String?,
                               window: Int, baseline: Int, alpha: Double, minRatio: Double) async throws -> Report {
-        let series = try await log.latestValues(q, metric: metric.name, labelKey: labelKey, count: window + baseline)
+        let series = try await log.latestValues(q, metric: metric, labelKey: labelKey, count: window + baseline)
         let full = series.filter { $0.values.count == window + baseline }
         let level = alpha / Double(max(1, full.count))
         var found: [(series: RunSeries, finding: Finding)] = []

@@ -12,8 +12,9 @@ public final class ServiceMetrics: Sendable {
     let memoryPeak: ValueHistogram
     let blockIO: ValueHistogram
     private let byStatus: [String: Counter]
+    private let alerts: [String: Counter]
 
-    public init() {
+    public init(alertRules: [String] = []) {
         duration = registry.makeDurationHistogram(
             name: "sandpit_execution_duration_seconds",
             buckets: [.milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100), .milliseconds(250),
@@ -41,10 +42,18 @@ public final class ServiceMetrics: Sendable {
                                         help: "Finished executions by status.")
         }
         byStatus = m
+        // One series per configured rule, present at 0 before its first match.
+        var a: [String: Counter] = [:]
+        for rule in alertRules {
+            a[rule] = registry.makeCounter(name: "sandpit_alerts_total", labels: [("rule", rule)],
+                                           help: "Runs that matched an alert rule (serve --alert), by rule.")
+        }
+        alerts = a
     }
 
     func finished(_ r: ExecutionResult) {
         byStatus[r.status.rawValue]?.increment()
+        for rule in r.alerts { alerts[rule]?.increment() }
         duration.record(.nanoseconds(Int64(r.executionTime * 1e9)))
         if let u = r.cpuUserTime, let s = r.cpuSystemTime { cpuTime.record(u + s) }
         if let p = r.memoryPeak { memoryPeak.record(Double(p)) }

@@ -136,6 +136,7 @@ public final class ExecutionStore: ExecutionLog {
         case .bool(let b): return b.databaseValue
         case .int(let i): return i.databaseValue
         case .double(let d): return d.databaseValue
+        case .json(let t): return t.databaseValue
         }
     }
 
@@ -146,6 +147,9 @@ public final class ExecutionStore: ExecutionLog {
         case .boolean: .bool(bool(dbv))
         case .integer: .int(int(dbv))
         case .number: .double(double(dbv))
+        // (rows of older sandpits have none: an empty object or list)
+        case .object: .json(string(dbv) ?? "{}")
+        case .array: .json(string(dbv) ?? "[]")
         }
     }
 
@@ -172,13 +176,31 @@ public final class ExecutionStore: ExecutionLog {
                                 s.blockIORead.databaseValue, s.blockIOWrite.databaseValue, s.networkIORx.databaseValue,
                                 s.networkIOTx.databaseValue, s.pidsCount.databaseValue, s.networkIOLoopback.databaseValue])
         }
+        let points = r.customPoints.enumerated().map { i, p in
+            StatementArguments([id.databaseValue, i.databaseValue, p.t.databaseValue, p.name.databaseValue, p.value.databaseValue])
+        }
         try await write { db in
             try db.execute(sql: Self.updateSQL, arguments: arguments)
+            if !points.isEmpty {
+                try db.execute(sql: "DELETE FROM execution_custom_metrics WHERE execution_id = ?", arguments: [id])  // a retried write
+                let statement = try db.cachedStatement(sql: "INSERT INTO execution_custom_metrics (execution_id, seq, t, name, value) VALUES (?, ?, ?, ?, ?)")
+                for args in points { try statement.execute(arguments: args) }
+            }
             if !rows.isEmpty {
                 try db.execute(sql: "DELETE FROM execution_samples WHERE execution_id = ?", arguments: [id])  // a retried write
                 let statement = try db.cachedStatement(sql: Self.insertSampleSQL)
                 for args in rows { try statement.execute(arguments: args) }
             }
+        }
+    }
+
+    /// The points run `id` reported on its metrics pipe, in order (only `name`'s when given).
+    public func customPoints(id: Int64, name: String?) async throws -> [CustomPoint] {
+        try await pool.read { db in
+            let rows = try Row.fetchAll(db, sql: "SELECT t, name, value FROM execution_custom_metrics WHERE execution_id = ?"
+                                        + (name == nil ? "" : " AND name = ?") + " ORDER BY seq",
+                                        arguments: StatementArguments([id.databaseValue] + (name.map { [$0.databaseValue] } ?? [])))
+            return rows.map { CustomPoint(t: $0["t"], name: $0["name"], value: $0["value"]) }
         }
     }
 
@@ -227,6 +249,7 @@ public final class ExecutionStore: ExecutionLog {
             if n > 0 {
                 try db.execute(sql: "DELETE FROM execution_samples WHERE execution_id NOT IN (SELECT id FROM execution_logs)")
                 try db.execute(sql: "DELETE FROM execution_labels WHERE execution_id NOT IN (SELECT id FROM execution_logs)")
+                try db.execute(sql: "DELETE FROM execution_custom_metrics WHERE execution_id NOT IN (SELECT id FROM execution_logs)")
             }
             return n
         }
@@ -296,8 +319,8 @@ public final class ExecutionStore: ExecutionLog {
     /// Per bucket of `created_at`, the count, p50, p95 and max of `metric` (a stored
     /// numeric field) over the finished rows that pass the query's filters. Buckets
     /// without a value are left out.
-    public func trends(_ q: LogQuery, metric: String, bucket: TrendBucket) async throws -> [TrendPoint] {
-        guard Trends.metrics.contains(where: { $0.name == metric }) else { return [] }
+    public func trends(_ q: LogQuery, metric m: TrendMetric, bucket: TrendBucket) async throws -> [TrendPoint] {
+        let metric = m.sql
         let (whereSQL, arguments) = Self.filter(q, extra: ["status != 'running'", "\(metric) IS NOT NULL"])
         // One aggregate over the scan, no GROUP BY: see Sources/CTrend.
         let sql = "SELECT sp_trend(created_at, \(metric), \(bucket.keyLength)) AS t FROM execution_logs \(whereSQL)"
@@ -309,8 +332,8 @@ public final class ExecutionStore: ExecutionLog {
 
     /// For each group (a fingerprint, or the value of label `labelKey`), the metric of
     /// its newest `count` finished runs, newest first, and the newest run's id.
-    public func latestValues(_ q: LogQuery, metric: String, labelKey: String?, count: Int) async throws -> [RunSeries] {
-        guard Trends.metrics.contains(where: { $0.name == metric }) else { return [] }
+    public func latestValues(_ q: LogQuery, metric m: TrendMetric, labelKey: String?, count: Int) async throws -> [RunSeries] {
+        let metric = m.sql
         let (whereSQL, filterArgs) = Self.filter(q, extra: ["status != 'running'", "\(metric) IS NOT NULL"]
                                                     + (labelKey == nil ? ["code_sha256 IS NOT NULL"] : []))
         let inner = labelKey == nil

@@ -71,32 +71,57 @@ public struct TrendPoint: Sendable, Equatable {
     }
 }
 
+/// What a trend or a regression follows: a numeric stored field of the result, or
+/// `custom.NAME`, the last value a run reported of its own metric NAME.
+public struct TrendMetric: Sendable, Equatable {
+    public let name: String
+    public let unit: String
+    public let isInteger: Bool
+    /// Its value in a row of `execution_logs` (a column, or a JSON path into `custom_metrics`).
+    public let sql: String
+
+    public init(field f: ResultField) {
+        name = f.name
+        unit = f.unit
+        isInteger = f.type == .integer
+        sql = f.name
+    }
+
+    /// `custom.NAME` (NAME as the metrics pipe accepts it, so it is safe in the SQL text).
+    public init?(custom name: Substring) {
+        guard name.hasPrefix("custom."), CustomMetrics.isValidName(name.dropFirst(7)) else { return nil }
+        self.name = String(name)
+        unit = ""
+        isInteger = false
+        sql = "json_extract(custom_metrics, '$.\"\(name.dropFirst(7))\".last')"
+    }
+}
+
 public enum Trends {
     /// The metrics a trend can follow: every numeric field of the result that is stored.
     public static let metrics: [ResultField] = ExecutionResult.schema.filter {
         $0.storage != .none && ($0.type == .integer || $0.type == .number)
     }
     /// The metric `name` names, or a 400 that lists the known ones.
-    public static func metric(_ name: Substring) throws(APIError) -> ResultField {
-        guard let field = metrics.first(where: { $0.name == name }) else {
-            let known = metrics.map(\.name).joined(separator: ", ")
-            throw APIError(.badRequest, "invalid_query", "unknown metric '\(name.prefix(80))' (known: \(known))")
-        }
-        return field
+    public static func metric(_ name: Substring) throws(APIError) -> TrendMetric {
+        if let field = metrics.first(where: { $0.name == name }) { return TrendMetric(field: field) }
+        if let custom = TrendMetric(custom: name) { return custom }
+        let known = metrics.map(\.name).joined(separator: ", ")
+        throw APIError(.badRequest, "invalid_query", "unknown metric '\(name.prefix(80))' (known: \(known), or custom.NAME)")
     }
 
     /// At most this many buckets in one answer.
     public static let maxBuckets = 10_000
 
     /// The answer of `GET /executions/trends` (and `sandpit trends --json`).
-    public static func json(_ points: [TrendPoint], metric: ResultField, bucket: TrendBucket, since: Date, until: Date) -> String {
+    public static func json(_ points: [TrendPoint], metric: TrendMetric, bucket: TrendBucket, since: Date, until: Date) -> String {
         var w = JSONWriter()
         w.field("metric", metric.name)
         w.field("unit", metric.unit)
         w.field("bucket", bucket.rawValue)
         w.field("since", ExecutionResult.timestamp(since))
         w.field("until", ExecutionResult.timestamp(until))
-        w.field("buckets", json: "[" + points.map { $0.json(integer: metric.type == .integer) }.joined(separator: ",") + "]")
+        w.field("buckets", json: "[" + points.map { $0.json(integer: metric.isInteger) }.joined(separator: ",") + "]")
         return w.finish()
     }
 }

@@ -162,6 +162,8 @@ typedef struct sp_launch_spec {
     int exec_fd;                           // write end, CLOEXEC
     int report_fd;                         // write end
     int release_fd;                        // read end; EOF means the parent is gone
+    int metrics_fd;                        // write end of the custom-metrics pipe, or -1; the
+                                           // program gets it as fd 3 (SANDPIT_METRICS=/dev/fd/3)
 } sp_launch_spec;
 
 /// Starts the sandbox init with clone3(). Returns its pid (> 0) and its pidfd in
