@@ -775,6 +775,7 @@ func dict(_ r: ExecutionRecord?) -> [String: Any]? {
         case .bool(let b): b.map { $0 as Any } ?? NSNull()
         case .int(let i): i.map { $0 as Any } ?? NSNull()
         case .double(let d): d.map { $0 as Any } ?? NSNull()
+        case .json(let t): t.flatMap { try? JSONSerialization.jsonObject(with: Data($0.utf8), options: .fragmentsAllowed) } ?? NSNull()
         }
     }
     for (k, v) in r.values { out[k] = any(v) }
