@@ -104,7 +104,7 @@ struct LiveRunTests {
     /// Each event's data conforms to its schema in openapi.json.
     func conforms(_ s: SSEStream) {
         let schemas = ["started": "StartedEvent", "stdout": "OutputEvent", "stderr": "OutputEvent", "sample": "LiveSample",
-                       "limit": "LimitEvent", "result": "ExecutionResult"]
+                       "limit": "LimitEvent", "result": "ExecutionResult", "metric": "CustomPoint"]
         for e in s.events {
             guard let name = schemas[e.name] else { Issue.record("undocumented event \(e.name)"); continue }
             let problems = openAPI.validate(e.object, against: ["$ref": "#/components/schemas/\(name)"], at: "$")

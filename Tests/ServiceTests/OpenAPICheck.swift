@@ -67,6 +67,8 @@ struct OpenAPICheck: @unchecked Sendable {  // immutable after init
             for (k, v) in obj {
                 if let p = props[k] as? [String: Any] {
                     errors += validate(v, against: p, at: "\(loc).\(k)")
+                } else if let extra = s["additionalProperties"] as? [String: Any] {
+                    errors += validate(v, against: extra, at: "\(loc).\(k)")
                 } else if (s["additionalProperties"] as? Bool) == false || !props.isEmpty {
                     errors.append("\(loc): undocumented field '\(k)'")
                 }

@@ -381,7 +381,9 @@ extension TrendTests {
         let params = ((((doc?["paths"] as? [String: Any])?["/executions/trends"] as? [String: Any])?["get"] as? [String: Any])?["parameters"]
             as? [[String: Any]]) ?? []
         let metric = params.first { $0["name"] as? String == "metric" }
-        let documented = (metric?["schema"] as? [String: Any])?["enum"] as? [String] ?? []
+        let choices = (metric?["schema"] as? [String: Any])?["anyOf"] as? [[String: Any]] ?? []
+        let documented = choices.first?["enum"] as? [String] ?? []
+        #expect(choices.last?["pattern"] as? String == #"^custom\.[A-Za-z_][A-Za-z0-9_.]{0,63}$"#)
         #expect(Set(documented) == Set(Trends.metrics.map(\.name)))
     }
 }
