@@ -335,8 +335,13 @@ struct Hostile: Sendable, CustomTestStringConvertible {
             let cpu = (r.cpuUserTime ?? 0) + (r.cpuSystemTime ?? 0)
             #expect(cpu >= 0.39 && cpu < 0.7, "cpu \(cpu)")
         },
-        Hostile(kind: "processes", name: "only fds 0, 1, 2 at start", code: "print(sorted(os.listdir('/proc/self/fd')))") { r in
-            #expect(r.output == "['0', '1', '2', '3']\n")  // 3 is listdir's own
+        Hostile(kind: "processes", name: "only fds 0, 1, 2 and the metrics pipe at start", code: #"""
+        import stat
+        print(sorted(os.listdir('/proc/self/fd')), stat.S_ISFIFO(os.fstat(3).st_mode), os.get_blocking(3),
+              tryop(lambda: os.read(3, 1)))
+        """#) { r in
+            // 4 is listdir's own; 3 is the write end of the metrics pipe, nothing else.
+            #expect(r.output == "['0', '1', '2', '3', '4'] True True EBADF\n", "\(r.output) \(r.error ?? "")")
         },
     ]
 
@@ -467,11 +472,13 @@ struct Hostile: Sendable, CustomTestStringConvertible {
             #expect((try? JSONSerialization.jsonObject(with: Data(r.jsonString().utf8))) != nil)
         },
         Hostile(kind: "output", name: "tamper with the counters and the supervisor's pipes", code: #"""
-        bad = [tryop(lambda fd=fd: os.write(fd, b"\1" * 64)) for fd in range(3, 64)]
-        print(set(bad), tryop(lambda: os.listdir("/proc/1/fd")), tryop(lambda: open("/proc/1/mem", "rb")),
+        bad = [tryop(lambda fd=fd: os.write(fd, b"\1" * 64)) for fd in range(4, 64)]
+        metrics = tryop(lambda: os.write(3, b"\1" * 64))  # its own metrics pipe: garbage, counted
+        print(set(bad), metrics, tryop(lambda: os.listdir("/proc/1/fd")), tryop(lambda: open("/proc/1/mem", "rb")),
               tryop(lambda: open("/proc/self/io", "w")), tryop(lambda: open("/proc/1/io")))
         """#) { r in
-            #expect(r.output == "{'EBADF'} EACCES EACCES EACCES EACCES\n", "\(r.output) \(r.error ?? "")")
+            #expect(r.output == "{'EBADF'} ok EACCES EACCES EACCES EACCES\n", "\(r.output) \(r.error ?? "")")
+            #expect(r.customMetricsRejected == 1 && r.customMetrics.isEmpty)
             #expect(r.status == .ok)
             #expect(r.pidsCount == 1)
             #expect((r.cpuUserTime ?? 99) < 5 && (r.blockIOWrite ?? -1) >= 0)
@@ -523,7 +530,7 @@ struct Hostile: Sendable, CustomTestStringConvertible {
         import socket
         print(socket.gethostname(), os.uname().nodename, sorted(os.environ))
         """#) { r in
-            #expect(r.output == "sandpit sandpit ['HOME', 'LANG', 'MKL_NUM_THREADS', 'OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'PATH', 'PYTHONDONTWRITEBYTECODE', 'PYTHONUNBUFFERED', 'TMPDIR']\n")
+            #expect(r.output == "sandpit sandpit ['HOME', 'LANG', 'MKL_NUM_THREADS', 'OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'PATH', 'PYTHONDONTWRITEBYTECODE', 'PYTHONUNBUFFERED', 'SANDPIT_METRICS', 'TMPDIR']\n")
         },
     ]
 }

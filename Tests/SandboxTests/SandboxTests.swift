@@ -239,7 +239,7 @@ struct SandboxRunTests {
         """)
         let lines = r.output.split(separator: "\n")
         #expect(lines.first == "65534 65534 sandpit /work 2")
-        #expect(lines.dropFirst().first == "['0', '1', '2', '3']")  // 3 is listdir's own fd
+        #expect(lines.dropFirst().first == "['0', '1', '2', '3', '4']")  // 3: the metrics pipe; 4: listdir's own fd
         #expect(lines.dropFirst(2).first == "0000000000000000")
         #expect(lines.dropFirst(3).first?.hasPrefix("False ['HOME', 'LANG', 'MKL_NUM_THREADS'") == true)
     }
