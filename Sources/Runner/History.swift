@@ -19,14 +19,19 @@ struct LogFilters: ParsableArguments {
         throw ValidationError("--\(name) must be an RFC 3339 time, e.g. 2026-12-01T00:00:00Z")
     }
 
+    /// `KEY=VALUE` of a `--label` option, split at the first `=`.
+    static func labelPair(_ kv: String) throws -> (String, String) {
+        guard let eq = kv.firstIndex(of: "=") else { throw ValidationError("--label takes KEY=VALUE, not '\(kv)'") }
+        return (String(kv[..<eq]), String(kv[kv.index(after: eq)...]))
+    }
+
     func query() throws -> LogQuery {
         var q = LogQuery()
         q.status = status
         q.containerName = containerName
         q.codeSHA256 = codeSHA256
         for kv in labels {
-            guard let eq = kv.firstIndex(of: "=") else { throw ValidationError("--label takes KEY=VALUE, not '\(kv)'") }
-            let (k, v) = (String(kv[..<eq]), String(kv[kv.index(after: eq)...]))
+            let (k, v) = try Self.labelPair(kv)
             do { try Labels.validate(key: k, value: v, in: "--label") } catch { throw ValidationError(error.detail) }
             q.labels.append((k, v))
         }

@@ -51,8 +51,7 @@ struct Run: AsyncParsableCommand {
     func parsedLabels() throws -> [String: String] {
         var out: [String: String] = [:]
         for kv in labels {
-            guard let eq = kv.firstIndex(of: "=") else { throw ValidationError("--label takes KEY=VALUE, not '\(kv)'") }
-            let (k, v) = (String(kv[..<eq]), String(kv[kv.index(after: eq)...]))
+            let (k, v) = try LogFilters.labelPair(kv)
             guard out[k] == nil else { throw ValidationError("--label \(k) is given twice") }
             out[k] = v
         }
@@ -61,11 +60,7 @@ struct Run: AsyncParsableCommand {
     }
 
     func parsedAlertRules() throws -> [AlertRule] {
-        var rules: [AlertRule] = []
-        for text in alertRules {
-            do { try rules.appendUnique(AlertRule(parsing: text)) } catch { throw ValidationError(error.message) }
-        }
-        return rules
+        do { return try AlertRule.parseAll(alertRules) } catch { throw ValidationError(error.message) }
     }
 
     func validate() throws {

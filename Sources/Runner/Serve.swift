@@ -32,7 +32,7 @@ struct Serve: AsyncParsableCommand {
     func alertRules() throws -> [AlertRule] {
         var rules: [AlertRule] = []
         do {
-            for text in alerts { try rules.appendUnique(AlertRule(parsing: text)) }
+            rules = try AlertRule.parseAll(alerts)
             if let f = alertFile {
                 guard let text = try? String(contentsOfFile: f, encoding: .utf8) else { throw ValidationError("cannot read \(f)") }
                 do { rules = try AlertRule.parseFile(text, existing: rules) } catch { throw AlertRuleError("\(f): \(error.message)") }

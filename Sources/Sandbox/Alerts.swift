@@ -60,12 +60,7 @@ public struct AlertRule: Sendable, Equatable, CustomStringConvertible {
     }
 
     /// `[A-Za-z_][A-Za-z0-9_.-]{0,63}` (a Prometheus label value, a JSON string).
-    static func isValidName(_ s: String) -> Bool {
-        let u = Array(s.utf8)
-        guard let first = u.first, u.count <= 64 else { return false }
-        func alpha(_ b: UInt8) -> Bool { (b >= 65 && b <= 90) || (b >= 97 && b <= 122) || b == 95 }
-        return alpha(first) && u.dropFirst().allSatisfy { alpha($0) || ($0 >= 48 && $0 <= 57) || $0 == 46 || $0 == 45 }
-    }
+    static func isValidName(_ s: String) -> Bool { CustomMetrics.isIdentifier(s, alsoAllowed: [UInt8(ascii: "-")]) }
 
     /// The run's value of the rule's field, if it has one.
     public func value(in r: ExecutionResult) -> Double? {
@@ -80,6 +75,13 @@ public struct AlertRule: Sendable, Equatable, CustomStringConvertible {
     public func matches(_ r: ExecutionResult) -> Bool {
         guard let v = value(in: r) else { return false }
         return op.holds(v, threshold)
+    }
+
+    /// Rules given one by one (`--alert`), names unique.
+    public static func parseAll(_ texts: [String]) throws(AlertRuleError) -> [AlertRule] {
+        var rules: [AlertRule] = []
+        for text in texts { try rules.appendUnique(AlertRule(parsing: text)) }
+        return rules
     }
 
     /// Rules from a file: one per line, blank lines and `#` comments skipped. Names

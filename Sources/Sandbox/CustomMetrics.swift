@@ -69,11 +69,14 @@ public enum CustomMetrics {
     public static let maxParsedLines = 2 * maxPoints
 
     /// `[A-Za-z_][A-Za-z0-9_.]{0,63}`.
-    public static func isValidName<S: StringProtocol>(_ s: S) -> Bool {
+    public static func isValidName<S: StringProtocol>(_ s: S) -> Bool { isIdentifier(s, alsoAllowed: []) }
+
+    /// A letter or `_`, then up to 63 letters, digits, `_`, `.` and the bytes of `alsoAllowed`.
+    static func isIdentifier<S: StringProtocol>(_ s: S, alsoAllowed: Set<UInt8>) -> Bool {
         let u = Array(s.utf8)
         guard let first = u.first, u.count <= 64 else { return false }
         func alpha(_ b: UInt8) -> Bool { (b >= 65 && b <= 90) || (b >= 97 && b <= 122) || b == 95 }
-        return alpha(first) && u.dropFirst().allSatisfy { alpha($0) || ($0 >= 48 && $0 <= 57) || $0 == 46 }
+        return alpha(first) && u.dropFirst().allSatisfy { alpha($0) || ($0 >= 48 && $0 <= 57) || $0 == 46 || alsoAllowed.contains($0) }
     }
 
     /// `{name: {last, min, max, count, unit}}`, names sorted.
@@ -111,8 +114,8 @@ public enum CustomMetrics {
     }
 
     /// A point from one line of JSON, or nil (counted as rejected).
-    static func parse(_ line: ArraySlice<UInt8>) -> (name: String, value: Double, unit: String?)? {
-        guard let l = try? JSONDecoder().decode(Line.self, from: Data(line)),
+    static func parse(_ line: ArraySlice<UInt8>, with decoder: JSONDecoder) -> (name: String, value: Double, unit: String?)? {
+        guard let l = try? decoder.decode(Line.self, from: Data(line)),
               isValidName(l.name), l.value.isFinite, (l.unit?.utf8.count ?? 0) <= maxUnitBytes else { return nil }
         return (l.name, l.value, l.unit)
     }
@@ -135,6 +138,7 @@ struct MetricsReader {
     /// In a line longer than the limit: its rest is skipped up to the next newline.
     private var skipping = false
     private var parsed = 0
+    private let decoder = JSONDecoder()
 
     /// Reads what is available (up to the per-call cap); `now` gives the points' time,
     /// `fresh` receives each point kept.
@@ -211,7 +215,7 @@ struct MetricsReader {
             return
         }
         parsed += 1
-        guard let p = CustomMetrics.parse(partial[...]) else {
+        guard let p = CustomMetrics.parse(partial[...], with: decoder) else {
             rejected += 1
             return
         }
