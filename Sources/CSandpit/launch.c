@@ -6,6 +6,7 @@
 // to threads that only exist in the parent).
 #define _GNU_SOURCE
 #include "csandpit.h"
+#include "internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -249,6 +250,39 @@ static int sp_capset(uint32_t eff, uint32_t prm, uint32_t inh, uint32_t eff1, ui
     return (int)syscall(SYS_capset, &hdr, data);
 }
 
+static char *sp_args_start, *sp_args_end;  // the process's argument area (see sp_record_args)
+static char *sp_env_start, *sp_env_end;    // and its environment area
+
+// Writes strings NUL-terminated into [start, end) and zeroes the rest; stops at the
+// first that does not fit.
+static void sp_fill_area(char *start, char *end, char *const *strs) {
+    if (!start || end <= start) return;
+    size_t cap = (size_t)(end - start), n = 0;
+    for (size_t i = 0; strs && strs[i]; i++) {
+        size_t k = strlen(strs[i]) + 1;
+        if (n + k > cap) break;
+        memcpy(start + n, strs[i], k);
+        n += k;
+    }
+    memset(start + n, 0, cap - n);
+}
+
+// A warm program's /proc/self/cmdline and /proc/self/environ are read from the
+// template's argument and environment areas: they get the run's argv and environment
+// (the rest zeroed: nothing of how the template was started shows), and comm the
+// interpreter's name. The areas keep their size (moving them takes CAP_SYS_RESOURCE),
+// so both end in NUL padding.
+static void sp_warm_identity(const sp_launch_spec *s) {
+    const char *base = strrchr(s->exe, '/');
+    (void)prctl(PR_SET_NAME, base ? base + 1 : s->exe, 0, 0, 0);
+    sp_fill_area(sp_args_start, sp_args_end, s->argv);
+    sp_fill_area(sp_env_start, sp_env_end, s->envp);
+}
+
+// Set only in a warm template (warm.c): the program runs the template's already
+// loaded interpreter instead of exec'ing one.
+void (*sp_program_hook)(const sp_launch_spec *s) = NULL;
+
 static _Noreturn void sp_program_main(const sp_launch_spec *s) {
     sigset_t none;
     sigemptyset(&none);
@@ -276,6 +310,7 @@ static _Noreturn void sp_program_main(const sp_launch_spec *s) {
     s = &local;
 
     if (s->cwd && chdir(s->cwd) < 0) sp_prog_fail(s, SP_STAGE_CHDIR);
+    if (sp_program_hook) sp_warm_identity(s);
     for (size_t i = 0; i < s->nrlimits; i++) {
         struct rlimit rl = {(rlim_t)s->rlimits[i].soft, (rlim_t)s->rlimits[i].hard};
         if (setrlimit(s->rlimits[i].resource, &rl) < 0) sp_prog_fail(s, SP_STAGE_RLIMIT);
@@ -292,12 +327,20 @@ static _Noreturn void sp_program_main(const sp_launch_spec *s) {
     if (syscall(SYS_setresuid, s->uid, s->uid, s->uid) < 0) sp_prog_fail(s, SP_STAGE_SETUID);
     if (sp_capset(0, 0, 0, 0, 0) < 0) sp_prog_fail(s, SP_STAGE_CAPS);
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) sp_prog_fail(s, SP_STAGE_NO_NEW_PRIVS);
+    // A warm program has no execve to make it dumpable again after the uid change, as a
+    // cold one is: without this its /proc/self files would belong to root.
+    if (sp_program_hook && prctl(PR_SET_DUMPABLE, 1, 0, 0, 0) < 0) sp_prog_fail(s, SP_STAGE_CAPS);
     if (s->filter && s->filter_len > 0) {
         struct sock_fprog prog = {s->filter_len, (struct sock_filter *)s->filter};
         if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) < 0) sp_prog_fail(s, SP_STAGE_SECCOMP);
     }
     sp_exec_record rec = {SP_STAGE_NONE, 0, sp_now_ns()};
     (void)sp_write_all(s->exec_fd, &rec, sizeof rec);
+    if (sp_program_hook) {
+        close(s->exec_fd);  // EOF: the parent reads it as a successful exec
+        sp_program_hook(s);
+        _exit(127);
+    }
     execve(s->exe, s->argv, s->envp);
     sp_prog_fail(s, SP_STAGE_EXEC);
 }
@@ -306,9 +349,13 @@ static _Noreturn void sp_program_main(const sp_launch_spec *s) {
 // before main: the init clears its copy, so that /proc/1/cmdline inside a run shows
 // "sandpit-init" and nothing of how the host started sandpit (the CLI's options,
 // the service's flags).
-static char *sp_args_start, *sp_args_end;
 __attribute__((constructor(101))) static void sp_record_args(int argc, char **argv, char **envp) {
-    (void)envp;
+    if (envp && envp[0]) {
+        size_t n = 0;
+        while (envp[n]) n++;
+        sp_env_start = envp[0];
+        sp_env_end = envp[n - 1] + strlen(envp[n - 1]) + 1;
+    }
     if (argc < 1 || !argv || !argv[0] || !argv[argc - 1]) return;
     sp_args_start = argv[0];
     sp_args_end = argv[argc - 1] + strlen(argv[argc - 1]) + 1;

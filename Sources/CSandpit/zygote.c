@@ -4,6 +4,7 @@
 // with CLONE_PARENT and sends back the result and the init's pidfd.
 #define _GNU_SOURCE
 #include "csandpit.h"
+#include "internal.h"
 
 #include <errno.h>
 #include <sched.h>
@@ -291,14 +292,15 @@ static char sp_z_buf[SP_Z_BUF];
 // tmpfs at `empty` as its second lower layer. Each init copies this namespace and binds
 // from the view: warm dentries, and mountinfo shows no host device. Best effort: when
 // it fails, each run mounts an overlay of its own (see SP_OP_OVERLAY).
-static void sp_zygote_view(const char *view, const char *empty) {
-    if (unshare(CLONE_NEWNS) < 0) return;
-    if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) return;
+int sp_zygote_view(const char *view, const char *empty) {
+    if (unshare(CLONE_NEWNS) < 0) return 0;
+    if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) return 1;
     if (mount("tmpfs", empty, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,nr_inodes=1,mode=500") < 0)
-        return;
+        return 1;
     char opts[4200];
     snprintf(opts, sizeof opts, "lowerdir=/:%s", empty);
     (void)mount("sandpit", view, "overlay", MS_RDONLY | MS_NOSUID | MS_NODEV, opts);
+    return 1;
 }
 
 static _Noreturn void sp_zygote_main(int sock) {
@@ -306,6 +308,10 @@ static _Noreturn void sp_zygote_main(int sock) {
     (void)prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
     syscall(SYS_close_range, 0U, (unsigned)sock - 1, 0);  // stdio too: it never prints
     syscall(SYS_close_range, (unsigned)sock + 1, ~0U, 0);
+    sp_zygote_serve(sock, NULL, NULL);
+}
+
+_Noreturn void sp_zygote_serve(int sock, void (*before)(void), void (*after)(void)) {
     for (;;) {
         int fds[SP_Z_MAXFDS];
         int nfds = 0;
@@ -318,7 +324,9 @@ static _Noreturn void sp_zygote_main(int sock) {
             rep.result = -E2BIG;
         } else {
             int r = sp_z_unpack(sp_z_buf, (size_t)n, fds, nfds, &spec);
+            if (r >= 0 && before) before();
             rep.result = r < 0 ? r : sp_launch_ex(&spec, CLONE_PARENT, &pidfd);
+            if (r >= 0 && after) after();
         }
         // The init has its own copies now; holding ours would keep pipes open.
         for (int i = 0; i < nfds; i++) close(fds[i]);
@@ -337,13 +345,13 @@ __attribute__((constructor(102))) static void sp_zygote_ctor(int argc, char **ar
     char *end = NULL;
     long fd = strtol(argv[2], &end, 10);
     if (!end || *end || fd < 0 || fd > 1000) _exit(2);
-    if (argc >= 5 && argv[3][0] == '/' && argv[4][0] == '/') sp_zygote_view(argv[3], argv[4]);
+    if (argc >= 5 && argv[3][0] == '/' && argv[4][0] == '/') (void)sp_zygote_view(argv[3], argv[4]);
     sp_zygote_main((int)fd);
 }
 
 // ---------------------------------------------------------------- service side
 
-int sp_zygote_start(const char *exe, const char *view, const char *empty, pid_t *pid_out) {
+int sp_spawn_helper(const char *exe, char *const argv[], char *const envp[], pid_t *pid_out) {
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) return -errno;
     posix_spawn_file_actions_t fa;
@@ -357,9 +365,6 @@ int sp_zygote_start(const char *exe, const char *view, const char *empty, pid_t 
     posix_spawnattr_setsigmask(&at, &none);
     posix_spawnattr_setsigdefault(&at, &all);
     posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
-    char *const argv[] = {"sandpit-zygote", SP_ZYGOTE_ARG, "3", (char *)(view ? view : ""), (char *)(empty ? empty : ""), NULL};
-    // Bind every symbol once in the zygote instead of lazily in each init it clones.
-    char *const envp[] = {"LD_BIND_NOW=1", NULL};
     pid_t pid = -1;
     int r = posix_spawn(&pid, exe, &fa, &at, argv, envp);
     posix_spawn_file_actions_destroy(&fa);
@@ -371,6 +376,13 @@ int sp_zygote_start(const char *exe, const char *view, const char *empty, pid_t 
     }
     *pid_out = pid;
     return sv[0];
+}
+
+int sp_zygote_start(const char *exe, const char *view, const char *empty, pid_t *pid_out) {
+    char *const argv[] = {"sandpit-zygote", SP_ZYGOTE_ARG, "3", (char *)(view ? view : ""), (char *)(empty ? empty : ""), NULL};
+    // Bind every symbol once in the zygote instead of lazily in each init it clones.
+    char *const envp[] = {"LD_BIND_NOW=1", NULL};
+    return sp_spawn_helper(exe, argv, envp, pid_out);
 }
 
 pid_t sp_zygote_launch(int sock, const sp_launch_spec *spec, int *pidfd_out) {

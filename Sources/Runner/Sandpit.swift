@@ -46,6 +46,12 @@ struct Run: AsyncParsableCommand {
     var logDB: String?
     @Option(name: .customLong("alert"), help: "An alert rule 'NAME: FIELD OP NUMBER' (repeatable); matched names are in the result's alerts.")
     var alertRules: [String] = []
+    @Option(help: "Hand the run to a running `sandpit serve`: unix:PATH (its --socket) or http://HOST:PORT. SANDPIT_TOKEN is sent as its bearer token.")
+    var server: String?
+    @Option(help: "With --server: the warm template to fork from, by its modules ('numpy'), or 'auto' (the default: the one that fits the code's imports, else cold).")
+    var warm: String?
+    @Flag(help: "With --server: start python3 cold, never from a warm template.")
+    var cold = false
 
     /// The --label pairs, checked as the API checks `labels`.
     func parsedLabels() throws -> [String: String] {
@@ -77,6 +83,66 @@ struct Run: AsyncParsableCommand {
         if [live, events, json].filter({ $0 }).count > 1 { throw ValidationError("--live, --events and --json exclude each other") }
         _ = try parsedLabels()
         _ = try parsedAlertRules()
+        if server == nil {
+            if warm != nil || cold { throw ValidationError("--warm and --cold need --server (a local run always starts cold)") }
+        } else {
+            if live || events { throw ValidationError("--live and --events are not available with --server (use the service's /executions/{id}/events)") }
+            if logDB != nil || !alertRules.isEmpty { throw ValidationError("with --server the service logs the run and applies its own alert rules (--log, --alert)") }
+            if rootfs != "/" || python != "/usr/bin/python3" || scratchSize != 128 << 20 || cpus != nil {
+                throw ValidationError("--rootfs, --python, --scratch-size and --cpus are the service's with --server")
+            }
+            if warm != nil && cold { throw ValidationError("give either --warm or --cold") }
+            if let w = warm, w != "auto" {
+                do { _ = try WarmSpec(parsing: w) } catch { throw ValidationError("--warm: \(error.what)") }
+            }
+        }
+    }
+
+    /// The POST /execute body for --server.
+    func remoteBody(program: String, stdinBytes: [UInt8]?) throws -> [UInt8] {
+        var body: [String: Any] = [
+            "code": program, "container_name": name, "time_limit": timeLimit, "cpu_limit": cpuLimit,
+            "memory_limit": memoryLimit, "pids_limit": pidsLimit, "output_limit": outputLimit,
+        ]
+        if !args.isEmpty { body["args"] = args }
+        let l = try parsedLabels()
+        if !l.isEmpty { body["labels"] = l }
+        if let bytes = stdinBytes {
+            guard let text = String(validating: bytes, as: UTF8.self) else {
+                throw ValidationError("--stdin must be UTF-8 text with --server (the API's stdin is a string)")
+            }
+            body["stdin"] = text
+        }
+        if cold {
+            body["warm"] = false
+        } else if let w = warm, w != "auto" {
+            body["warm"] = w
+        } else {
+            body["warm"] = true
+        }
+        return Array(try JSONSerialization.data(withJSONObject: body))
+    }
+
+    /// `--server`: the run through the service; the same output, table and exit status.
+    func runRemote(_ server: String, program: String, stdinBytes: [UInt8]?) async throws -> Never {
+        let token = ProcessInfo.processInfo.environment["SANDPIT_TOKEN"]
+        let (status, body) = try await Remote.post(server: server, path: "/execute",
+                                                   body: try remoteBody(program: program, stdinBytes: stdinBytes), token: token)
+        guard status == 200 else {
+            let obj = try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any]
+            let detail = (obj?["detail"] as? String) ?? String(decoding: body.prefix(500), as: UTF8.self)
+            FileHandle.standardError.write(Data("sandpit: the service answered \(status): \(detail)\n".utf8))
+            throw ExitCode(125)
+        }
+        let result = try JSONDecoder().decode(ExecutionResult.self, from: Data(body))
+        if json {
+            print(result.jsonString(pretty: true))
+        } else {
+            FileHandle.standardOutput.write(Data(result.output.utf8))
+            if let e = result.error { FileHandle.standardError.write(Data(e.utf8)) }
+            FileHandle.standardError.write(Data(MetricsTable.render(result).utf8))
+        }
+        throw ExitCode(Int32(exitStatus(result)))
     }
 
     func run() async throws {
@@ -91,6 +157,13 @@ struct Run: AsyncParsableCommand {
                 throw ValidationError("cannot read \(file!)")
             }
             program = String(decoding: data, as: UTF8.self)
+        }
+        if let server {
+            let bytes = try stdin.map { path -> [UInt8] in
+                guard let data = FileManager.default.contents(atPath: path) else { throw ValidationError("cannot read \(path)") }
+                return Array(data)
+            }
+            try await runRemote(server, program: program, stdinBytes: bytes)
         }
         var req = ExecutionRequest(code: program)
         req.args = args
@@ -176,7 +249,8 @@ enum MetricsTable {
         }
         var lines = ["", "── sandpit \(r.containerID.prefix(12)) (\(r.containerName)) ──"]
         lines.append("status \(r.status.rawValue)  exit \(r.exitCode.map(String.init) ?? "-")  wall \(f(r.executionTime)) s"
-            + (r.signal.map { "  signal \($0)" } ?? ""))
+            + (r.signal.map { "  signal \($0)" } ?? "")
+            + (r.start == .warm ? "  warm (\(r.warmTemplate ?? "?"), shared \(b(r.memoryShared)))" : ""))
         lines.append("cpu    user \(f(r.cpuUserTime)) s  sys \(f(r.cpuSystemTime)) s  \(f(r.cpuPercent, 1)) %")
         lines.append("memory peak \(b(r.memoryPeak))  now \(b(r.memoryUsage))  limit \(b(r.memoryLimit))  \(f(r.memoryPercent, 1)) %")
         lines.append("io     read \(b(r.blockIORead))  write \(b(r.blockIOWrite))  net rx \(b(r.networkIORx)) tx \(b(r.networkIOTx))  tasks \(r.pidsCount.map(String.init) ?? "-")")

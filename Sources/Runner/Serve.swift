@@ -28,6 +28,18 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("alert"), help: "An alert rule 'NAME: FIELD OP NUMBER', e.g. 'big: memory_percent > 90' (repeatable).")
     var alerts: [String] = []
     @Option(help: "A file of alert rules, one 'NAME: FIELD OP NUMBER' per line (# comments).") var alertFile: String?
+    @Option(help: "Also listen on this unix socket (mode 0660; 'none': not at all); default: sandpit.sock in the state directory.")
+    var socket: String?
+    @Option(name: .customLong("warm"), help: "Keep a warm template that has imported these modules, e.g. 'numpy' or 'numpy,pandas' (repeatable); requests choose one with \"warm\".")
+    var warm: [String] = []
+
+    func warmSpecs() throws -> [WarmSpec] {
+        do {
+            return try warm.map { try WarmSpec(parsing: $0) }
+        } catch let e as SandboxError {
+            throw ValidationError("--warm: \(e.what)")
+        }
+    }
 
     func alertRules() throws -> [AlertRule] {
         var rules: [AlertRule] = []
@@ -48,6 +60,7 @@ struct Serve: AsyncParsableCommand {
         if maxConnections < 1 { throw ValidationError("--max-connections must be at least 1") }
         if retainDays < 0 || retainRows < 0 || logOutputLimit < 0 { throw ValidationError("retention values must not be negative") }
         _ = try alertRules()
+        _ = try warmSpecs()
     }
 
     func run() async throws {
@@ -68,6 +81,7 @@ struct Serve: AsyncParsableCommand {
         config.logOutputLimit = logOutputLimit
         config.alertRules = try alertRules()
         for r in config.alertRules { logger.info("alert rule \(r)") }
+        config.warmTemplates = try warmSpecs()
         // Each connection is a descriptor: make room for the cap (up to the hard limit).
         var nofile = rlimit()
         if getrlimit(Int32(RLIMIT_NOFILE.rawValue), &nofile) == 0 {
@@ -93,7 +107,13 @@ struct Serve: AsyncParsableCommand {
         }
         let svc = try await ServiceContext.open(config: config, logger: logger)
         let app = buildApplication(svc)
-        let group = ServiceGroup(configuration: .init(services: [app], logger: logger))
+        let socketPath = socket == "none" ? nil : (socket ?? config.stateDirectory + "/sandpit.sock")
+        var services: [any ServiceLifecycle.Service] = [app]
+        if let path = socketPath {
+            _ = mkdir(config.stateDirectory, 0o755)
+            services.append(buildApplication(svc, unixSocket: path))
+        }
+        let group = ServiceGroup(configuration: .init(services: services, logger: logger))
 
         // SIGTERM / SIGINT: refuse new runs, stop accepting, let in-flight runs finish
         // within the grace period, then stop them (each is logged).
@@ -120,11 +140,12 @@ struct Serve: AsyncParsableCommand {
             src.resume()
             return src
         }
-        logger.info("sandpit serve on \(config.host):\(config.port), log \(config.databasePath), \(config.maxConcurrency) slots, queue \(config.queueSize)")
+        logger.info("sandpit serve on \(config.host):\(config.port)\(socketPath.map { " and unix:\($0)" } ?? ""), log \(config.databasePath), \(config.maxConcurrency) slots, queue \(config.queueSize)")
         try await group.run()
         await svc.close()
         await svc.sandbox.quiesce()
         svc.sandbox.shutdown()
+        if let path = socketPath { unlink(path) }
         withExtendedLifetime(sources) {}
     }
 }

@@ -71,6 +71,8 @@ public struct ExecutionRequest: Sendable {
     public var runtime = Runtime.python3
     /// Seconds between live samples while someone watches the run's events.
     public var sampleInterval: Double = 0.25
+    /// Whether to fork the run from a warm template (`"warm"` in a request).
+    public var warm: WarmChoice = .cold
     /// The runtime's interpreter (`--python`).
     public var python: String {
         get { runtime.interpreter }
@@ -108,6 +110,9 @@ public struct SandboxSettings: Sendable {
     /// Rules every result is checked against; the names of those it matches are in its
     /// `alerts` (and in the result event).
     public var alertRules: [AlertRule] = []
+    /// Warm templates to keep (`serve --warm MODULES`): each an interpreter that has
+    /// imported its modules and waits to be forked for a run.
+    public var warmTemplates: [WarmSpec] = []
 
     /// Settings for a process that runs once and exits (the CLI): nothing is kept or
     /// prepared for later runs.

@@ -97,6 +97,8 @@ final class Execution: @unchecked Sendable {
     /// When preparing began, the cgroup existed, and the scratch was ready (debug log).
     var prepNs: (start: Int64, cgroup: Int64, scratch: Int64) = (0, 0, 0)
     var launchError: String?
+    /// Set when the run was forked from a warm template: its modules and resident size.
+    var warmUsed: (template: String, shared: Int64)?
     var lastReadWasEOF = false
     /// The stop reason, set by `stop(reason:)` from another thread, and the init's
     /// pidfd while it may be signalled (closed under the same lock in `teardown()`).
@@ -269,7 +271,15 @@ final class Execution: @unchecked Sendable {
 
         launchNs = monotonicNanos()
         var fd: Int32 = -1
-        let r = withExtendedLifetime(arena) {
+        let r = withExtendedLifetime(arena) { () -> pid_t in
+            if let pool = sandbox.warm, let t = pool.pick(request) {
+                var shared: Int64 = 0
+                let r = pool.launch(t, spec: &spec, pidfd: &fd, shared: &shared)
+                if r > 0 { warmUsed = (t.spec.description, shared) }
+                // Not ready, or gone before it received the spec: this run starts cold.
+                if r != -EAGAIN && r != -EPIPE { return r }
+                sandbox.logger.debug("run \(id): warm template \(t.spec) unavailable (\(String(cString: strerror(-r)))); cold start")
+            }
             if let l = sandbox.launcher { return l.launch(&spec, pidfd: &fd) }
             return sp_launch(&spec, &fd)
         }

@@ -16,6 +16,11 @@ public enum RunStatus: String, Codable, Sendable, CaseIterable {
     case interrupted
 }
 
+/// How a run's interpreter started.
+public enum RunStart: String, Codable, Sendable, CaseIterable {
+    case cold, warm
+}
+
 /// The result object: exactly the specification's response fields (names and
 /// units), plus sandpit's own. Optional metrics encode as JSON null.
 public struct ExecutionResult: Sendable, Equatable {
@@ -55,6 +60,12 @@ public struct ExecutionResult: Sendable, Equatable {
     public var customPoints: [CustomPoint] = []
     /// Alert rules the run matched (set by the service).
     public var alerts: [String] = []
+    /// `cold` (python3 exec'd for the run) or `warm` (forked from a warm template).
+    public var start: RunStart = .cold
+    /// The warm template's modules (`numpy,pandas`); nil for a cold run.
+    public var warmTemplate: String?
+    /// A warm run's template's resident memory: pages the run used without being charged.
+    public var memoryShared: Int64?
 
     public init(containerID: String, containerName: String, startedAt: Date) {
         success = false

@@ -21,11 +21,16 @@ public final class Sandbox: Sendable {
     /// Ids of runs being prepared, and cancellations that came before their launch.
     let pendingCancels = Mutex<(expected: Set<String>, cancelled: [String: String])>(([], [:]))
     let launcher: Launcher?
+    /// Warm templates (`settings.warmTemplates`); nil when there are none, or no launcher.
+    let warm: WarmPool?
 
     public init(settings: SandboxSettings = SandboxSettings(), logger: Logger = Logger(label: "sandpit")) {
         self.settings = settings
         self.logger = logger
         launcher = settings.useLauncher ? Launcher(logger: logger, stateDirectory: settings.stateDirectory) : nil
+        warm = settings.warmTemplates.isEmpty ? nil
+            : WarmPool(specs: settings.warmTemplates, logger: logger,
+                       view: settings.stateDirectory + "/view", viewEmpty: settings.stateDirectory + "/view-empty")
         pool = ReusePool(capacity: max(0, settings.scratchPoolSize), dispose: { $0.release() })
         netnsPool = ReusePool(capacity: max(0, settings.netnsPoolSize), dispose: { close($0) })
         spareCgroups = ReusePool(capacity: settings.prepareAhead && settings.spareCgroup ? 1 : 0, dispose: { spare in
@@ -38,6 +43,7 @@ public final class Sandbox: Sendable {
     /// for it.
     public func warmUp() {
         begin()
+        warm?.start()
         Thread {
             self.launcher?.warmUp()
             self.prepareSpare()
@@ -47,6 +53,23 @@ public final class Sandbox: Sendable {
 
     /// Pid of the launcher process, when one is running.
     public var launcherPid: pid_t? { launcher?.zygotePid }
+
+    /// The warm templates and their state (empty without `warmTemplates`).
+    public var warmStatus: [WarmTemplateStatus] { warm?.status ?? [] }
+
+    /// Waits until every warm template is ready, up to `timeout` seconds; false if one
+    /// is not. Blocks its thread: for tests and benchmarks, off the cooperative pool.
+    public func waitForWarmTemplates(timeout: Double) -> Bool { warm?.waitReady(timeout: timeout) ?? true }
+
+    /// Checks a request's `warm` choice against the configured templates: nil when it
+    /// can be served (warm or cold), else why not.
+    public func warmProblem(_ choice: WarmChoice) -> String? {
+        guard case .named(let spec) = choice else { return nil }
+        let have = settings.warmTemplates.map(\.description)
+        if have.contains(spec.description) { return nil }
+        return have.isEmpty ? "this service keeps no warm templates (serve --warm MODULES)"
+            : "no warm template \"\(spec)\"; this service keeps: \(have.joined(separator: "; "))"
+    }
 
     /// Runs one request. Never throws: failures of the sandbox become a result with
     /// status `internal_error` and the reason in `error`. The blocking work runs on
@@ -181,6 +204,7 @@ public final class Sandbox: Sendable {
         closed.withLock { $0 = true }
         releaseSpares()
         launcher?.stop()
+        warm?.stop()
     }
 
     /// Set by `shutdown()`: runs still work, but nothing is prepared ahead any more.
@@ -264,7 +288,12 @@ public final class Sandbox: Sendable {
         active.add(execution)
         if let reason = pendingCancels.withLock({ $0.cancelled[id] }) { execution.stop(reason: reason, cancelled: true) }
         execution.start()
-        let out = execution.supervise(into: result)
+        var out = execution.supervise(into: result)
+        if let w = execution.warmUsed {
+            out.start = .warm
+            out.warmTemplate = w.template
+            out.memoryShared = w.shared
+        }
         active.remove(execution)
         return (out, execution)
     }

@@ -249,22 +249,57 @@ final class ReusePool<T: Sendable>: @unchecked Sendable {
     var count: Int { idle.withLock { $0.count } }
 }
 
-/// posix_spawnp + waitpid for helper programs (mkfs). Blocking: call from a dedicated thread.
+/// posix_spawn + waitpid for helper programs (mkfs, python3 asked a question).
+/// Blocking: call from a dedicated thread.
 enum Spawn {
+    /// Runs `argv` (PATH searched) with stdout to /dev/null; its exit status.
     static func run(_ argv: [String]) -> Int32 {
+        spawn(argv, env: ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"], stdout: nil).0
+    }
+
+    /// Runs `argv` and returns its exit status and standard output (up to 64 KiB).
+    static func capture(_ argv: [String]) -> (Int32, String) {
+        var fds: [Int32] = [-1, -1]
+        guard sp_pipe_cloexec(&fds) == 0 else { return (-1, "") }
+        return spawn(argv, env: ["PATH=/usr/bin:/bin", "LANG=C.UTF-8"], stdout: (fds[0], fds[1]))
+    }
+
+    private static func spawn(_ argv: [String], env: [String], stdout pipe: (Int32, Int32)?) -> (Int32, String) {
         var pid: pid_t = 0
         let cargs: [UnsafeMutablePointer<CChar>?] = argv.map { strdup($0) } + [nil]
         defer { cargs.forEach { free($0) } }
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
-        let env: [UnsafeMutablePointer<CChar>?] = [strdup("PATH=/usr/sbin:/usr/bin:/sbin:/bin"), nil]
-        defer { env.forEach { free($0) } }
-        guard posix_spawnp(&pid, argv[0], &actions, nil, cargs, env) == 0 else { return -1 }
+        if let (_, w) = pipe {
+            posix_spawn_file_actions_adddup2(&actions, w, 1)
+            posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
+        } else {
+            posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+        }
+        let cenv: [UnsafeMutablePointer<CChar>?] = env.map { strdup($0) } + [nil]
+        defer { cenv.forEach { free($0) } }
+        let r = posix_spawnp(&pid, argv[0], &actions, nil, cargs, cenv)
+        if let (_, w) = pipe { close(w) }
+        guard r == 0 else {
+            if let (rd, _) = pipe { close(rd) }
+            return (-1, "")
+        }
+        var out = [UInt8]()
+        if let (rd, _) = pipe {
+            var buf = [UInt8](repeating: 0, count: 4096)
+            while out.count < 64 << 10 {
+                let n = read(rd, &buf, buf.count)
+                if n < 0 && errno == EINTR { continue }
+                if n <= 0 { break }
+                out += buf[0..<n]
+            }
+            close(rd)
+        }
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-        return (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+        let code = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+        return (code, String(decoding: out, as: UTF8.self))
     }
 }
 

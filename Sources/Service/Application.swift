@@ -13,21 +13,62 @@ public func buildRouter(_ svc: ServiceContext) -> Router<BasicRequestContext> {
     return router
 }
 
-/// The application with its server configuration.
-public func buildApplication(_ svc: ServiceContext) -> some ApplicationProtocol {
+/// The application with its server configuration: on `config.host:config.port`, or,
+/// with `unixSocket`, on that path (mode 0660 once listening; a stale file left by a
+/// crashed instance is replaced).
+public func buildApplication(_ svc: ServiceContext, unixSocket: String? = nil) -> some ApplicationProtocol {
     var limits = HTTPLimits()
     limits.readTimeout = svc.config.readTimeout
     limits.idleTimeout = svc.config.idleTimeout
     limits.maxBodyBytes = svc.config.maxBodyBytes
     let connections = svc.connections
     let httpLimits = limits
+    let address: BindAddress
+    if let path = unixSocket {
+        UnixSocket.removeStale(path)
+        address = .unixDomainSocket(path: path)
+    } else {
+        address = .hostname(svc.config.host, port: svc.config.port)
+    }
     return Application(
         router: buildRouter(svc),
         server: HTTPServerBuilder { responder in
             GuardedHTTP1Channel(responder: responder, limits: httpLimits, connections: connections)
         },
-        configuration: .init(address: .hostname(svc.config.host, port: svc.config.port), serverName: "sandpit"),
-        // Under a `Type=notify` unit, `systemctl start` returns once the port answers.
-        onServerRunning: { _ in SystemdNotify.send("READY=1") },
+        configuration: .init(address: address, serverName: "sandpit"),
+        onServerRunning: { _ in
+            if let path = unixSocket {
+                _ = chmod(path, 0o660)
+            } else {
+                // Under a `Type=notify` unit, `systemctl start` returns once the port answers.
+                SystemdNotify.send("READY=1")
+            }
+        },
         logger: svc.logger)
 }
+
+/// The service's unix socket (`serve --socket`).
+public enum UnixSocket {
+    /// Removes `path` when it is a socket nobody listens on (left by a crashed
+    /// instance); a live one is left alone, and binding then fails with a clear error.
+    public static func removeStale(_ path: String) {
+        var st = stat()
+        guard lstat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFSOCK else { return }
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return }
+        defer { close(fd) }
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else { return }
+        withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, b) in bytes.enumerated() { p[i] = b } }
+        let r = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        if r < 0 && errno == ECONNREFUSED { unlink(path) }
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif

@@ -32,6 +32,8 @@ public struct ServiceConfig: Sendable {
     /// Rules each run is checked against (`alerts` in its result and row,
     /// `sandpit_alerts_total{rule}` on /metrics).
     public var alertRules: [AlertRule] = []
+    /// Warm templates kept (`serve --warm MODULES`).
+    public var warmTemplates: [WarmSpec] = []
 
     public init(databasePath: String) {
         self.databasePath = databasePath

@@ -29,6 +29,9 @@ struct ExecuteController: Sendable {
         }
         let parsed = try ExecuteBody.decode(body)
         let req = try parsed.request(ranges: svc.config.ranges)
+        if let problem = svc.sandbox.warmProblem(req.warm) {
+            throw APIError(.badRequest, "unknown_warm_template", problem)
+        }
         let wantsStream = parsed.stream ?? (request.headers[.accept]?.contains("text/event-stream") ?? false)
         let run = try await admit(req, labels: parsed.labels, recordsSamples: wantsStream || parsed.samples == true)
         if wantsStream {
@@ -359,6 +362,11 @@ struct SystemController: Sendable {
                 "cgroup_version": backend?.version.rawValue ?? NSNull(),
                 "in_flight": await svc.admission.inFlight,
                 "queued": await svc.admission.queued,
+                "warm": svc.sandbox.warmStatus.map { t -> [String: Any] in
+                    ["modules": t.modules, "ready": t.ready, "pid": t.pid.map { Int($0) as Any } ?? NSNull(),
+                     "memory_shared": t.memoryShared.map { Int($0) as Any } ?? NSNull(),
+                     "launches": t.launches, "restarts": t.restarts, "last_error": t.lastError ?? NSNull()]
+                },
             ]
             return JSONBody.response(JSONBody.encode(body))
         }

@@ -121,6 +121,12 @@ public enum Schema {
                 log.report.withLock { $0.otherSteps.append("created table execution_custom_metrics") }
             }
         }
+        // Warm runs: how the interpreter started, the template, its shared memory.
+        m.registerMigration("v6 warm starts") { db in
+            try addColumn(db, "start", "TEXT", log)
+            try addColumn(db, "warm_template", "TEXT", log)
+            try addColumn(db, "memory_shared", "INTEGER", log)
+        }
         return m
     }
 

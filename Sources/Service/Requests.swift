@@ -22,7 +22,7 @@ enum JSONKind: String, Decodable {
 struct ExecuteBody: Decodable {
     static let known: Set<String> = ["code", "stdin", "args", "container_name", "time_limit", "cpu_limit",
                                      "memory_limit", "pids_limit", "output_limit", "runtime",
-                                     "stream", "detach", "sample_interval", "samples", "labels"]
+                                     "stream", "detach", "sample_interval", "samples", "labels", "warm"]
 
     var code: String
     var stdin: String?
@@ -39,6 +39,9 @@ struct ExecuteBody: Decodable {
     var sampleInterval: Double?
     var samples: Bool?
     var labels: [String: String] = [:]
+    /// `true` (the template that fits the code's imports), `false`, or a template's
+    /// modules (`"numpy"`, `"numpy,pandas"`).
+    var warm: WarmChoice = .cold
 
     static func invalid(_ detail: String) -> APIError { APIError(.badRequest, "invalid_request", detail) }
 
@@ -85,6 +88,20 @@ struct ExecuteBody: Decodable {
         detach = try field("detach", Bool.self, "a boolean")
         sampleInterval = try field("sample_interval", Double.self, "a number")
         samples = try field("samples", Bool.self, "a boolean")
+        if c.contains(AnyKey("warm")), try !c.decodeNil(forKey: AnyKey("warm")) {
+            if let b = try? c.decode(Bool.self, forKey: AnyKey("warm")) {
+                warm = b ? .auto : .cold
+            } else if let s = try? c.decode(String.self, forKey: AnyKey("warm")) {
+                do {
+                    warm = .named(try WarmSpec(parsing: s))
+                } catch {
+                    throw Self.invalid("'warm': \(error.what)")
+                }
+            } else {
+                let kind = try c.decode(JSONKind.self, forKey: AnyKey("warm"))
+                throw Self.invalid("'warm' must be a boolean or a string of module names, not \(kind.rawValue)")
+            }
+        }
         if c.contains(AnyKey("labels")), try !c.decodeNil(forKey: AnyKey("labels")) {
             guard let kinds = try? c.decode([String: JSONKind].self, forKey: AnyKey("labels")) else {
                 let kind = try c.decode(JSONKind.self, forKey: AnyKey("labels"))
@@ -112,6 +129,7 @@ struct ExecuteBody: Decodable {
     /// The request, with every value checked against the service's ranges.
     func request(ranges: LimitRanges) throws -> ExecutionRequest {
         var req = ExecutionRequest(code: code)
+        req.warm = warm
         func ranged(_ key: String, _ v: Double?, _ range: ClosedRange<Double>) throws -> Double? {
             guard let v else { return nil }
             guard range.contains(v) else {

@@ -175,7 +175,8 @@ struct ServiceBasicsTests {
         let first = try Schema.migrate(store.pool) { lines.append($0) }
         #expect(first.addedColumns == Schema.addedColumns.map(\.name) + ["stdout_truncated", "stderr_truncated", "network_io_loopback",
                                                                       "code_sha256", "labels", "custom_metrics",
-                                                                      "custom_metrics_rejected", "alerts"])
+                                                                      "custom_metrics_rejected", "alerts", "start", "warm_template",
+                                                                      "memory_shared"])
         #expect(lines.contains("created table execution_samples"))
         #expect(lines.contains("created table execution_labels"))
         #expect(first.rows == 3)

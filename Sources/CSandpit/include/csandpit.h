@@ -191,6 +191,22 @@ int sp_zygote_start(const char *exe, const char *view, const char *empty, pid_t 
 /// contract as sp_launch; -EPIPE / -ECONNRESET when the zygote is gone.
 pid_t sp_zygote_launch(int sock, const sp_launch_spec *spec, int *pidfd_out);
 
+// ---- warm templates (warm.c) ----
+// A zygote that has loaded the host's libpython and imported a set of modules: it
+// serves launch specs like the zygote, and the program of each run it launches runs
+// the user's file in that interpreter (the module `_sandpit_warm`, the agent, whose
+// source the service passes) instead of exec'ing python3. Everything else of the run
+// is as for a cold one.
+#define SP_TEMPLATE_ARG "--sandpit-internal-template"
+/// Starts a template from `exe` (normally /proc/self/exe): it loads `libpython`
+/// (RTLD_GLOBAL), runs `agent` as the module `_sandpit_warm`, imports `modules`
+/// (comma-separated) and then sends one message on the returned socket: "ready\n..."
+/// or "failed\n<why>". `home` (an existing empty directory) gets a tmpfs in the
+/// template's own mount namespace for what imports cache. Launch through it with
+/// sp_zygote_launch. Returns the socket or -errno, its pid in *pid_out.
+int sp_template_start(const char *exe, const char *view, const char *empty, const char *libpython,
+                      const char *modules, const char *agent, const char *home, pid_t *pid_out);
+
 /// Creates a network namespace with `lo` up, on a short-lived helper thread, and
 /// returns an fd that keeps it alive (or -errno). Used to take netns creation
 /// (~0.6 ms) off a run's critical path.
