@@ -84,11 +84,14 @@ static _Noreturn void sp_init_fail(const sp_launch_spec *s, int stage, int detai
     _exit(127);
 }
 
+static int64_t sp_init_cpu_usec;  // set by the init just before it forks the program
+
 static _Noreturn void sp_prog_fail(const sp_launch_spec *s, int stage) {
     sp_exec_record rec;
     rec.stage = stage;
     rec.err = errno;
     rec.t_ns = sp_now_ns();
+    rec.init_cpu_usec = sp_init_cpu_usec;
     (void)sp_write_all(s->exec_fd, &rec, sizeof rec);
     _exit(127);
 }
@@ -334,7 +337,7 @@ static _Noreturn void sp_program_main(const sp_launch_spec *s) {
         struct sock_fprog prog = {s->filter_len, (struct sock_filter *)s->filter};
         if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) < 0) sp_prog_fail(s, SP_STAGE_SECCOMP);
     }
-    sp_exec_record rec = {SP_STAGE_NONE, 0, sp_now_ns()};
+    sp_exec_record rec = {SP_STAGE_NONE, 0, sp_now_ns(), sp_init_cpu_usec};
     (void)sp_write_all(s->exec_fd, &rec, sizeof rec);
     if (sp_program_hook) {
         close(s->exec_fd);  // EOF: the parent reads it as a successful exec
@@ -448,6 +451,7 @@ static _Noreturn void sp_init_main(const sp_launch_spec *s) {
     struct rusage ru;
     memset(&ru, 0, sizeof ru);
     (void)getrusage(RUSAGE_SELF, &ru);
+    sp_init_cpu_usec = (int64_t)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000 + ru.ru_utime.tv_usec + ru.ru_stime.tv_usec;
 
     long prog = syscall(SYS_clone, SIGCHLD, 0, 0, 0, 0);
     if (prog < 0) sp_init_fail(s, SP_STAGE_FORK, 0);

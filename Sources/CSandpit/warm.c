@@ -152,11 +152,17 @@ __attribute__((constructor(103))) static void sp_template_ctor(int argc, char **
 }
 
 int sp_template_start(const char *exe, const char *view, const char *empty, const char *libpython,
-                      const char *modules, const char *agent, const char *home, pid_t *pid_out) {
-    size_t alen = strlen(agent) + 32;
-    char *agentvar = malloc(alen);
-    if (!agentvar) return -ENOMEM;
+                      const char *modules, const char *agent, const char *home, const char *pythonpath,
+                      pid_t *pid_out) {
+    size_t alen = strlen(agent) + 32, plen = strlen(pythonpath ? pythonpath : "") + 16;
+    char *agentvar = malloc(alen), *pathvar = malloc(plen);
+    if (!agentvar || !pathvar) {
+        free(agentvar);
+        free(pathvar);
+        return -ENOMEM;
+    }
     snprintf(agentvar, alen, "SANDPIT_WARM_AGENT=%s", agent);
+    snprintf(pathvar, plen, "PYTHONPATH=%s", pythonpath ? pythonpath : "");
     // The last argument leaves room in the argument area for a run's argv (see
     // sp_warm_identity); the agent's source travels in the environment, whose area
     // becomes the run's environment's.
@@ -169,8 +175,10 @@ int sp_template_start(const char *exe, const char *view, const char *empty, cons
     // import would make the template multithreaded, and a fork keeps only one thread.
     char *const envp[] = {"PATH=/usr/local/bin:/usr/bin:/bin", "LANG=C.UTF-8", "PYTHONNOUSERSITE=1",
                           "PYTHONDONTWRITEBYTECODE=1", "OPENBLAS_NUM_THREADS=1", "OMP_NUM_THREADS=1",
-                          "MKL_NUM_THREADS=1", "NUMEXPR_NUM_THREADS=1", "MPLBACKEND=Agg", agentvar, NULL};
+                          "MKL_NUM_THREADS=1", "NUMEXPR_NUM_THREADS=1", "MPLBACKEND=Agg", agentvar,
+                          pythonpath && *pythonpath ? pathvar : NULL, NULL};
     int r = sp_spawn_helper(exe, argv, envp, pid_out);
     free(agentvar);
+    free(pathvar);
     return r;
 }

@@ -113,6 +113,10 @@ public struct SandboxSettings: Sendable {
     /// Warm templates to keep (`serve --warm MODULES`): each an interpreter that has
     /// imported its modules and waits to be forked for a run.
     public var warmTemplates: [WarmSpec] = []
+    /// Directories put before the system's site directories when templates import
+    /// (PYTHONPATH of the template only; runs do not see these directories). For the
+    /// tests, which need a module they can change on a read-only host.
+    public var warmExtraPath: [String] = []
 
     /// Settings for a process that runs once and exits (the CLI): nothing is kept or
     /// prepared for later runs.

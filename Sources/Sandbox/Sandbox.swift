@@ -30,7 +30,8 @@ public final class Sandbox: Sendable {
         launcher = settings.useLauncher ? Launcher(logger: logger, stateDirectory: settings.stateDirectory) : nil
         warm = settings.warmTemplates.isEmpty ? nil
             : WarmPool(specs: settings.warmTemplates, logger: logger,
-                       view: settings.stateDirectory + "/view", viewEmpty: settings.stateDirectory + "/view-empty")
+                       view: settings.stateDirectory + "/view", viewEmpty: settings.stateDirectory + "/view-empty",
+                       extraPath: settings.warmExtraPath)
         pool = ReusePool(capacity: max(0, settings.scratchPoolSize), dispose: { $0.release() })
         netnsPool = ReusePool(capacity: max(0, settings.netnsPoolSize), dispose: { close($0) })
         spareCgroups = ReusePool(capacity: settings.prepareAhead && settings.spareCgroup ? 1 : 0, dispose: { spare in

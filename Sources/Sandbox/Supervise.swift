@@ -76,6 +76,7 @@ extension Execution {
         let ncpu = Int64(onlineCPUs)
         let wallNs = Int64(lim.wallSeconds * 1e9)
         let cpuLimitUsec = UInt64(lim.cpuSeconds * 1e6)
+        var initCPUUsec: UInt64 = 0
         var nextCPUCheck = launchNs
 
         let watchers = self.events
@@ -108,6 +109,7 @@ extension Execution {
                 guard let rec: sp_exec_record = readRecord(execR.raw) else { return lastReadWasEOF }
                 if rec.stage == 0 {
                     execNs = rec.t_ns
+                    initCPUUsec = UInt64(max(0, rec.init_cpu_usec))
                     if watchers != nil {
                         sampler?.start(at: rec.t_ns)
                         nextSample = rec.t_ns + sampleNs
@@ -130,7 +132,10 @@ extension Execution {
             }
             if killed == nil {
                 if now >= wallDeadline { kill(.wallTime) }
-                if now >= nextCPUCheck, let used = monitor.cpuUsageUsec() {
+                // The limit is the program's: the init's set-up time (charged to the same
+                // cgroup before the program started) does not count against it.
+                if now >= nextCPUCheck, let total = monitor.cpuUsageUsec() {
+                    let used = total > initCPUUsec ? total - initCPUUsec : 0
                     if used >= cpuLimitUsec {
                         kill(.cpuTime)
                     } else {

@@ -153,7 +153,12 @@ final class WarmPool: Sendable {
     private let started = Mutex(false)
     private let libpython = Mutex<String?>(nil)
 
-    init(specs: [WarmSpec], logger: Logger, view: String, viewEmpty: String, maxAgeSeconds: Double = 600) {
+    /// PYTHONPATH of the templates (`SandboxSettings.warmExtraPath`).
+    let extraPath: [String]
+
+    init(specs: [WarmSpec], logger: Logger, view: String, viewEmpty: String, extraPath: [String] = [],
+         maxAgeSeconds: Double = 600) {
+        self.extraPath = extraPath
         var seen = Set<WarmSpec>()
         templates = specs.filter { seen.insert($0).inserted }.map(WarmTemplate.init)
         self.logger = logger
@@ -349,7 +354,8 @@ final class WarmPool: Sendable {
         let home = (view as NSString).deletingLastPathComponent + "/warm-home"
         _ = mkdir(home, 0o700)
         var pid: pid_t = 0
-        let sock = sp_template_start("/proc/self/exe", view, viewEmpty, lib, spec.description, WarmAgent.source, home, &pid)
+        let sock = sp_template_start("/proc/self/exe", view, viewEmpty, lib, spec.description, WarmAgent.source, home,
+                                     extraPath.joined(separator: ":"), &pid)
         guard sock >= 0 else { return .failure(WarmFailure(text: "spawn: \(String(cString: strerror(-sock)))")) }
         let started = monotonicNanos()
         // The imports take ~0.1-2 s here (and ~200 times that in an emulated VM).

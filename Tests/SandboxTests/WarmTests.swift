@@ -14,16 +14,17 @@ enum WarmTestSupport {
     }
 
     /// A sandbox keeping the given templates (ended with `finish`).
-    static func sandbox(_ specs: [String]) -> Sandbox {
+    static func sandbox(_ specs: [String], extraPath: [String] = []) -> Sandbox {
         var s = SandboxSettings()
         s.warmTemplates = specs.map { try! WarmSpec(parsing: $0) }
+        s.warmExtraPath = extraPath
         return Sandbox(settings: s)
     }
 
     /// A sandbox with `specs`, its templates ready (the test fails if they do not start).
-    static func readySandbox(_ specs: [String]) async throws -> Sandbox {
+    static func readySandbox(_ specs: [String], extraPath: [String] = []) async throws -> Sandbox {
         try #require(Env.isRoot, "privileged test run without root")
-        let s = sandbox(specs)
+        let s = sandbox(specs, extraPath: extraPath)
         let ok = await ready(s)
         try #require(ok, "templates \(specs) did not start: \(s.warmStatus)")
         return s
@@ -239,17 +240,15 @@ struct WarmTests {
     /// module files change is rebuilt and the next run sees the new module.
     @Test func templatesAreRestartedAndRebuilt() async throws {
         try #require(Env.isRoot, "privileged test run without root")
-        let dir = "/usr/local/lib/python3.11/dist-packages"
-        let madeDir = !FileManager.default.fileExists(atPath: dir)
+        // A module of the test's own, on the templates' PYTHONPATH (the host's site
+        // directories are read-only in the VM).
+        let dir = NSTemporaryDirectory() + "sandpit-warmtest-\(getpid())"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let name = "sandpit_warmtest_\(getpid())"
         let file = "\(dir)/\(name).py"
         try "VALUE = 1\n".write(toFile: file, atomically: false, encoding: .utf8)
-        defer {
-            unlink(file)
-            if madeDir { rmdir(dir) }
-        }
-        let sandbox = try await WarmTestSupport.readySandbox([name])
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let sandbox = try await WarmTestSupport.readySandbox([name], extraPath: [dir])
         let spec = WarmChoice.named(try WarmSpec(parsing: name))
         let first = await sandbox.run(WarmTestSupport.request("import \(name)\nprint(\(name).VALUE)", warm: spec))
         #expect(first.output == "1\n" && first.start == .warm)

@@ -28,7 +28,7 @@ struct WarmServiceTests {
             #expect(t["modules"] as? String == "numpy" && t["ready"] as? Bool == true && (t["memory_shared"] as? Int ?? 0) > 20 << 20)
 
             let code = "import numpy as np\nprint(np.arange(10).sum())"
-            let r = try await client.post("/execute", #"{"code": \#(jsonString(code)), "warm": "numpy", "time_limit": \#(30 * Env.slow)}"#)
+            let r = try await client.post("/execute", #"{"code": \#(jsonString(code)), "warm": "numpy", "time_limit": \#(min(300, 30 * Env.slow))}"#)
             #expect(r.status == .ok)
             let result = try #require(json(r.body) as? [String: Any])
             #expect(openAPI.validate(result, path: "/execute", method: "post", status: 200).isEmpty)

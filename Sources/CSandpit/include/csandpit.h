@@ -128,6 +128,8 @@ typedef struct sp_exec_record {
     int32_t stage;   // SP_STAGE_NONE for the timestamp record
     int32_t err;
     int64_t t_ns;    // CLOCK_MONOTONIC just before execve
+    int64_t init_cpu_usec;  // the init's own CPU time (user + system) when it forked the
+                            // program: set-up work charged to the run's cgroup, not the program's
 } sp_exec_record;
 
 typedef struct sp_launch_spec {
@@ -202,10 +204,12 @@ pid_t sp_zygote_launch(int sock, const sp_launch_spec *spec, int *pidfd_out);
 /// (RTLD_GLOBAL), runs `agent` as the module `_sandpit_warm`, imports `modules`
 /// (comma-separated) and then sends one message on the returned socket: "ready\n..."
 /// or "failed\n<why>". `home` (an existing empty directory) gets a tmpfs in the
-/// template's own mount namespace for what imports cache. Launch through it with
-/// sp_zygote_launch. Returns the socket or -errno, its pid in *pid_out.
+/// template's own mount namespace for what imports cache; `pythonpath` (may be "")
+/// becomes its PYTHONPATH. Launch through it with sp_zygote_launch. Returns the socket
+/// or -errno, its pid in *pid_out.
 int sp_template_start(const char *exe, const char *view, const char *empty, const char *libpython,
-                      const char *modules, const char *agent, const char *home, pid_t *pid_out);
+                      const char *modules, const char *agent, const char *home, const char *pythonpath,
+                      pid_t *pid_out);
 
 /// Creates a network namespace with `lo` up, on a short-lived helper thread, and
 /// returns an fd that keeps it alive (or -errno). Used to take netns creation
