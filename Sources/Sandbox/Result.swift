@@ -124,8 +124,9 @@ extension ExecutionResult: Codable {
     /// RFC 3339 UTC with milliseconds (rounded), e.g. `2026-11-29T03:42:23.146Z`.
     public static func timestamp(_ d: Date) -> String {
         let total = Int64((d.timeIntervalSince1970 * 1000).rounded())
-        var secs = time_t(total / 1000)
-        let ms = Int(total % 1000)
+        // Floor division: before 1970 the milliseconds are still 0...999 past the second.
+        var secs = time_t(total >= 0 ? total / 1000 : -((-total + 999) / 1000))
+        let ms = Int(total - Int64(secs) * 1000)
         var tm = tm()
         gmtime_r(&secs, &tm)
         func pad(_ v: Int, _ width: Int) -> String {

@@ -62,16 +62,6 @@ public final class Sandbox: Sendable {
     /// is not. Blocks its thread: for tests and benchmarks, off the cooperative pool.
     public func waitForWarmTemplates(timeout: Double) -> Bool { warm?.waitReady(timeout: timeout) ?? true }
 
-    /// Checks a request's `warm` choice against the configured templates: nil when it
-    /// can be served (warm or cold), else why not.
-    public func warmProblem(_ choice: WarmChoice) -> String? {
-        guard case .named(let spec) = choice else { return nil }
-        let have = settings.warmTemplates.map(\.description)
-        if have.contains(spec.description) { return nil }
-        return have.isEmpty ? "this service keeps no warm templates (serve --warm MODULES)"
-            : "no warm template \"\(spec)\"; this service keeps: \(have.joined(separator: "; "))"
-    }
-
     /// Runs one request. Never throws: failures of the sandbox become a result with
     /// status `internal_error` and the reason in `error`. The blocking work runs on
     /// a dedicated thread, never on Swift's cooperative pool. The result is returned

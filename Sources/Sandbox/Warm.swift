@@ -13,12 +13,9 @@ public struct WarmSpec: Sendable, Hashable, CustomStringConvertible {
     public init(parsing text: String) throws(SandboxError) {
         let names = text.split(separator: ",", omittingEmptySubsequences: false)
             .map { $0.trimmingCharacters(in: .whitespaces) }
-        guard !names.isEmpty, names.count <= 64 else {
-            throw SandboxError(.invalid, "a warm template names 1 to 64 modules", errno: 0)
-        }
         for n in names {
             let parts = n.split(separator: ".", omittingEmptySubsequences: false)
-            let ok = !n.isEmpty && n.utf8.count <= 128 && parts.allSatisfy { p in
+            let ok = !n.isEmpty && parts.allSatisfy { p in
                 guard let f = p.utf8.first, f == UInt8(ascii: "_") || (f | 0x20) >= UInt8(ascii: "a") && (f | 0x20) <= UInt8(ascii: "z")
                 else { return false }
                 return p.utf8.allSatisfy { c in

@@ -29,9 +29,6 @@ struct ExecuteController: Sendable {
         }
         let parsed = try ExecuteBody.decode(body)
         let req = try parsed.request(ranges: svc.config.ranges)
-        if let problem = svc.sandbox.warmProblem(req.warm) {
-            throw APIError(.badRequest, "unknown_warm_template", problem)
-        }
         let wantsStream = parsed.stream ?? (request.headers[.accept]?.contains("text/event-stream") ?? false)
         let run = try await admit(req, labels: parsed.labels, recordsSamples: wantsStream || parsed.samples == true)
         if wantsStream {

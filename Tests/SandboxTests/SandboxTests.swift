@@ -34,6 +34,16 @@ struct ResultObjectTests {
         #expect(back == r)
     }
 
+    /// Before 1970 the fraction still counts forward from the second (a fuzzer found
+    /// "0718-07-28T18:10:50.-919Z").
+    @Test func timestampsBefore1970() {
+        #expect(ExecutionResult.timestamp(Date(timeIntervalSince1970: -0.4)) == "1969-12-31T23:59:59.600Z")
+        #expect(ExecutionResult.timestamp(Date(timeIntervalSince1970: -1)) == "1969-12-31T23:59:59.000Z")
+        #expect(ExecutionResult.timestamp(Date(timeIntervalSince1970: 1.25)) == "1970-01-01T00:00:01.250Z")
+        let old = ExecutionResult.timestamp(Date(timeIntervalSince1970: -39_000_000_000.919))
+        #expect(ExecutionResult.parseTimestamp(old) != nil, "\(old)")
+    }
+
     @Test func compactJSONMatchesTheEncoder() throws {
         var r = ExecutionResult(containerID: "id/1", containerName: "n\"a\\m/e\u{1}\t", startedAt: Date(timeIntervalSince1970: 1_764_387_743.146))
         r.output = "line\nquote\" back\\ ctl\u{0}\u{1f}\r é 🙂 \u{2028} </script>"

@@ -53,9 +53,11 @@ struct WarmServiceTests {
             let starts = (page["executions"] as? [[String: Any]])?.compactMap { $0["start"] as? String }
             #expect(starts == ["cold", "warm", "warm"])
 
-            // Bad choices: 400 with a JSON reason.
-            for (body, code) in [(#"{"code": "print(1)", "warm": "pandas"}"#, "unknown_warm_template"),
-                                 (#"{"code": "print(1)", "warm": 3}"#, "invalid_request"),
+            // A template the service does not keep: a cold run that says so.
+            let other = try #require(json(try await client.post("/execute", #"{"code": "print(1)", "warm": "pandas"}"#).body) as? [String: Any])
+            #expect(other["start"] as? String == "cold" && other["warm_template"] is NSNull && other["output"] as? String == "1\n")
+            // Bad values: 400 with a JSON reason.
+            for (body, code) in [(#"{"code": "print(1)", "warm": 3}"#, "invalid_request"),
                                  (#"{"code": "print(1)", "warm": "numpy;rm"}"#, "invalid_request")] {
                 let b = try await client.post("/execute", body)
                 #expect(b.status == .badRequest, "\(body)")
@@ -103,8 +105,10 @@ struct WarmServiceTests {
         let (s2, out2, _) = try sandpit(["run", "--server", "unix:" + sock, "--cold", "--json", "--label", "via=cli", "-c", "print(2)"])
         let r2 = try #require(try JSONSerialization.jsonObject(with: Data(out2.utf8)) as? [String: Any])
         #expect(s2 == 0 && r2["output"] as? String == "2\n" && r2["start"] as? String == "cold")
-        let (s3, _, err3) = try sandpit(["run", "--server", "http://127.0.0.1:\(server.port)", "--warm", "pandas", "-c", "print(1)"])
-        #expect(s3 == 125 && err3.contains("400") && err3.contains("no warm template"), "\(err3)")
+        let (s3, out3, err3) = try sandpit(["run", "--server", "http://127.0.0.1:\(server.port)", "--warm", "pandas", "-c", "print(1)"])
+        #expect(s3 == 0 && out3 == "1\n" && !err3.contains("warm ("), "\(err3)")
+        let (s5, _, err5) = try sandpit(["run", "--server", "http://127.0.0.1:\(server.port)", "-c", "print(1)", "--time-limit", "100000"])
+        #expect(s5 == 125 && err5.contains("400") && err5.contains("time_limit"), "\(err5)")
         let (s4, _, err4) = try sandpit(["run", "--server", "unix:" + sock, "--log", db, "-c", "print(1)"])
         #expect(s4 != 0 && err4.contains("--log"), "\(err4)")
         // The labelled run is in the service's log.
