@@ -104,8 +104,11 @@ def run(blob):
         # SeedSequence mixing (0.5 ms here).
         import numpy
         npr.seed(numpy.frombuffer(os.urandom(2496), dtype=numpy.uint32))
-    if 'tempfile' in sys.modules:
-        sys.modules['tempfile']._name_sequence = None
+    tf = sys.modules.get('tempfile')
+    if tf is not None:
+        # Its names, and the directory it picked from the template's TMPDIR.
+        tf._name_sequence = None
+        tf.tempdir = None
     main = types.ModuleType('__main__')
     main.__file__ = script
     main.__builtins__ = builtins

@@ -248,12 +248,14 @@ struct WarmTests {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let name = "sandpit_warmtest_\(getpid())"
         let file = "\(dir)/\(name).py"
-        try "VALUE = 1\n".write(toFile: file, atomically: false, encoding: .utf8)
+        // It asks tempfile for its directory at import, as some libraries do: the
+        // template's answer (its private home) must not reach the runs.
+        try "import tempfile\nTMP = tempfile.gettempdir()\nVALUE = 1\n".write(toFile: file, atomically: false, encoding: .utf8)
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let sandbox = try await WarmTestSupport.readySandbox([name], extraPath: [dir])
         let spec = WarmChoice.named(try WarmSpec(parsing: name))
-        let first = await sandbox.run(WarmTestSupport.request("import \(name)\nprint(\(name).VALUE)", warm: spec))
-        #expect(first.output == "1\n" && first.start == .warm)
+        let first = await sandbox.run(WarmTestSupport.request("import \(name), tempfile\nprint(\(name).VALUE, tempfile.gettempdir())", warm: spec))
+        #expect(first.output == "1 /tmp\n" && first.start == .warm, "\(first.output) \(first.error ?? "")")
 
         // Killed: restarted within seconds.
         let pid = try #require(sandbox.warmStatus.first?.pid)
