@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Sandbox
+import Service
 
 /// `sandpit run --server`: one POST /execute to a running service, over its unix socket
 /// (`unix:/var/lib/sandpit/sandpit.sock`) or TCP (`http://127.0.0.1:8787`), with
@@ -25,24 +26,8 @@ enum Remote {
     static func connectTo(_ server: String) throws -> Int32 {
         if server.hasPrefix("unix:") {
             let path = String(server.dropFirst(5))
-            let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-            guard fd >= 0 else { throw Failure(description: "socket: \(String(cString: strerror(errno)))") }
-            var addr = sockaddr_un()
-            addr.sun_family = sa_family_t(AF_UNIX)
-            let bytes = Array(path.utf8)
-            guard !bytes.isEmpty, bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
-                close(fd)
-                throw Failure(description: "bad socket path \(path)")
-            }
-            withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, b) in bytes.enumerated() { p[i] = b } }
-            let r = withUnsafePointer(to: &addr) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-            }
-            guard r == 0 else {
-                let e = errno
-                close(fd)
-                throw Failure(description: "cannot connect to \(path): \(String(cString: strerror(e)))")
-            }
+            let fd = UnixSocket.connect(path)
+            guard fd >= 0 else { throw Failure(description: "cannot connect to \(path): \(String(cString: strerror(-fd)))") }
             return fd
         }
         guard let url = URL(string: server), url.scheme == "http", let host = url.host else {

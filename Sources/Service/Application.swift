@@ -47,25 +47,35 @@ public func buildApplication(_ svc: ServiceContext, unixSocket: String? = nil) -
         logger: svc.logger)
 }
 
-/// The service's unix socket (`serve --socket`).
+/// The service's unix socket (`serve --socket`), and its clients.
 public enum UnixSocket {
+    /// A stream socket connected to `path` (CLOEXEC), or -errno.
+    public static func connect(_ path: String) -> Int32 {
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard !bytes.isEmpty, bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else { return -ENAMETOOLONG }
+        withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, b) in bytes.enumerated() { p[i] = b } }
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return -errno }
+        let r = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard r == 0 else {
+            let e = errno
+            close(fd)
+            return -e
+        }
+        return fd
+    }
+
     /// Removes `path` when it is a socket nobody listens on (left by a crashed
     /// instance); a live one is left alone, and binding then fails with a clear error.
     public static func removeStale(_ path: String) {
         var st = stat()
         guard lstat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFSOCK else { return }
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { return }
-        defer { close(fd) }
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else { return }
-        withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, b) in bytes.enumerated() { p[i] = b } }
-        let r = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        if r < 0 && errno == ECONNREFUSED { unlink(path) }
+        let fd = connect(path)
+        if fd >= 0 { close(fd) } else if fd == -ECONNREFUSED { unlink(path) }
     }
 }
 
