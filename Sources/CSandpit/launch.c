@@ -587,6 +587,11 @@ int sp_pidfd_send_signal(int pidfd, int sig) {
     return syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0) < 0 ? -errno : 0;
 }
 
+int sp_pidfd_open(int pid) {
+    long fd = syscall(SYS_pidfd_open, pid, 0);
+    return fd < 0 ? -errno : (int)fd;
+}
+
 int sp_pidfd_wait(int pidfd, int options, int *code_out, int *status_out) {
     siginfo_t info;
     memset(&info, 0, sizeof info);

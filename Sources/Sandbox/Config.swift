@@ -45,7 +45,7 @@ public struct Runtime: Sendable, Equatable {
     public static let python3 = Runtime(
         name: "python3", interpreter: "/usr/bin/python3", arguments: ["-s", "{file}"], fileName: "main.py",
         environment: ["PYTHONUNBUFFERED=1", "PYTHONDONTWRITEBYTECODE=1"],
-        etcEntries: ["python3", "python3.11", "python3.12", "python3.13"])
+        etcEntries: ["python3", "python3.11", "python3.12", "python3.13", "matplotlibrc"])
 
     /// The runtimes a request may name (`"runtime": "python3"`).
     public static let builtIn: [String: Runtime] = [python3.name: python3]

@@ -118,11 +118,16 @@ final class Execution: @unchecked Sendable {
         }
     }
 
-    init(sandbox: Sandbox, request: ExecutionRequest, id: String, events: RunEvents?) throws {
+    /// A session's interpreter: its cgroup and scratch outlive this process tree (kept
+    /// at teardown), and its stdin is the agent's control socket.
+    let hold: SessionHold?
+
+    init(sandbox: Sandbox, request: ExecutionRequest, id: String, events: RunEvents?, hold: SessionHold? = nil) throws {
         self.sandbox = sandbox
         self.request = request
         self.id = id
         self.events = events
+        self.hold = hold
         let root = request.rootfs == "/" ? "" : request.rootfs
         guard access(root + request.python, X_OK) == 0 else {
             throw SandboxError(.invalid, "interpreter \(request.python) is not executable in root \(request.rootfs)", errno: errno)
@@ -137,18 +142,21 @@ final class Execution: @unchecked Sendable {
         // Without a kept scratch (the CLI, a cold service), making one (copy, loop
         // device, mount) is the longest step: it runs on a helper thread meanwhile.
         let code = Array(request.code.utf8)
-        let prep = ScratchPrep(sandbox: sandbox, size: limits.scratchBytes, code: code, fileName: request.runtime.fileName)
-        var cg = CgroupLimits(memoryBytes: limits.memoryBytes, pidsMax: limits.pids + 1)  // + the init
-        if let cores = limits.cpuCores { cg.cpuQuotaUsec = UInt64(max(1000, cores * 100_000)) }
-        do {
-            run = try sandbox.takeCgroup(backend, name: RunName.make(id: id), limits: cg)
-            prepNs = (t0, monotonicNanos(), 0)
-        } catch {
-            if case .success(let (s, m)) = prep.wait() {
-                close(m)
-                sandbox.recycle(s)
+        let prep = hold == nil ? ScratchPrep(sandbox: sandbox, size: limits.scratchBytes, code: code, fileName: request.runtime.fileName) : nil
+        if let hold {
+            run = hold.cgroup
+            prepNs = (t0, t0, 0)
+        } else {
+            do {
+                run = try sandbox.takeCgroup(backend, name: RunName.make(id: id), limits: Self.cgroupLimits(limits))
+                prepNs = (t0, monotonicNanos(), 0)
+            } catch {
+                if case .success(let (s, m))? = prep?.wait() {
+                    close(m)
+                    sandbox.recycle(s)
+                }
+                throw error
             }
-            throw error
         }
         func pipe() -> (FD, FD) {
             var fds: [Int32] = [-1, -1]
@@ -166,22 +174,36 @@ final class Execution: @unchecked Sendable {
         // which checks the pipe's owner: the run's user.
         for fd in [stdoutW, stderrW, metricsW] { _ = fchown(fd.raw, sandbox.settings.uid, sandbox.settings.gid) }
         nsfd = FD(sandbox.takeNetns())
+        if let hold {
+            stdinFD = FD(fcntl(hold.control, F_DUPFD_CLOEXEC, 3))
+            scratch = hold.scratch
+            scratchMount = FD(try scratch.mountForRun())
+            prepNs.scratch = monotonicNanos()
+            return
+        }
         let memfd = sp_memfd("sandpit-stdin")
         if memfd >= 0 && !request.stdin.isEmpty {
             _ = request.stdin.withUnsafeBytes { write(memfd, $0.baseAddress, $0.count) }
             lseek(memfd, 0, SEEK_SET)
         }
         stdinFD = FD(memfd)
-        switch prep.wait() {
+        switch prep!.wait() {
         case .success(let (s, m)):
             scratch = s
             scratchMount = FD(m)
-            prepNs.scratch = prep.readyNs
+            prepNs.scratch = prep!.readyNs
         case .failure(let error):
             // (the descriptors made so far close as they are released)
             try? backend.remove(run)
             throw error
         }
+    }
+
+    /// The run cgroup's limits for `limits` (its tasks limit counts the init too).
+    static func cgroupLimits(_ limits: RunLimits) -> CgroupLimits {
+        var cg = CgroupLimits(memoryBytes: limits.memoryBytes, pidsMax: limits.pids + 1)
+        if let cores = limits.cpuCores { cg.cpuQuotaUsec = UInt64(max(1000, cores * 100_000)) }
+        return cg
     }
 
     /// BLAS/OpenMP pools sized from the run's CPU and task limits, so that
@@ -225,7 +247,9 @@ final class Execution: @unchecked Sendable {
             return c
         }
         let lim = request.limits
-        let cpuRlimit = UInt64(lim.cpuSeconds.rounded(.up)) + 1
+        // (a session's interpreter lives across executions: its CPU limit is per execution,
+        // enforced by the supervisor alone)
+        let cpuRlimit = hold == nil ? UInt64(lim.cpuSeconds.rounded(.up)) + 1 : UInt64.max - 1
         let rlimits: [sp_rlimit] = [
             sp_rlimit(resource: Int32(RLIMIT_CORE.rawValue), soft: 0, hard: 0),
             sp_rlimit(resource: Int32(RLIMIT_NOFILE.rawValue), soft: 1024, hard: 1024),

@@ -66,6 +66,18 @@ public struct ExecutionResult: Sendable, Equatable {
     public var warmTemplate: String?
     /// A warm run's template's resident memory: pages the run used without being charged.
     public var memoryShared: Int64?
+    /// A session execution's number within its session (1, 2, ...); nil for a stateless run.
+    public var executionIndex: Int64?
+    /// How `memoryPeak` was measured: `run` (the run cgroup's own peak), `reset` (the
+    /// session's peak, reset as the execution began) or `sampled` (memory.current
+    /// sampled during the execution, where the kernel cannot reset the peak).
+    public var memoryPeakMethod: String?
+    /// Rich results (an array of `{type, data}`), as JSON text; nil reads as `[]`.
+    public var richResults: String?
+    /// The exception that ended a session's cell: `{name, value, traceback}` as JSON text.
+    public var exception: String?
+    /// A session execution's session after it: its totals, as JSON text.
+    public var sessionTotals: String?
 
     public init(containerID: String, containerName: String, startedAt: Date) {
         success = false
@@ -94,8 +106,12 @@ extension ExecutionResult: Codable {
             case .bool(let v): try c.encode(v, forKey: key)
             case .int(let v): try c.encode(v, forKey: key)
             case .double(let v): try c.encode(v, forKey: key)
-            case .json:
-                if f.name == "alerts" { try c.encode(alerts, forKey: key) } else { try c.encode(customMetrics, forKey: key) }
+            case .json(let text):
+                switch f.name {
+                case "alerts": try c.encode(alerts, forKey: key)
+                case "custom_metrics": try c.encode(customMetrics, forKey: key)
+                default: try c.encode(text.flatMap(JSONValue.init(text:)) ?? .null, forKey: key)
+                }
             }
         }
     }
@@ -113,8 +129,13 @@ extension ExecutionResult: Codable {
             case .number: value = .double(f.nullable ? try c.decodeIfPresent(Double.self, forKey: key) : try c.decode(Double.self, forKey: key))
             case .object, .array:
                 // (absent in results of older sandpits)
-                if f.name == "alerts" { alerts = try c.decodeIfPresent([String].self, forKey: key) ?? [] }
-                else { customMetrics = try c.decodeIfPresent([String: CustomMetric].self, forKey: key) ?? [:] }
+                switch f.name {
+                case "alerts": alerts = try c.decodeIfPresent([String].self, forKey: key) ?? []
+                case "custom_metrics": customMetrics = try c.decodeIfPresent([String: CustomMetric].self, forKey: key) ?? [:]
+                default:
+                    let v = try c.decodeIfPresent(JSONValue.self, forKey: key)
+                    f.set(&self, .json(v == nil || v == .null ? nil : v!.text))
+                }
                 continue
             }
             f.set(&self, value)

@@ -242,10 +242,10 @@ public final class Sandbox: Sendable {
         }
     }
 
-    private func begin() { pending.withLock { $0.count += 1 } }
+    func begin() { pending.withLock { $0.count += 1 } }
 
     /// One piece of work finished: at 0, everyone in `quiesce()` goes on.
-    private func end() {
+    func end() {
         let ready = pending.withLock { p -> [CheckedContinuation<Void, Never>] in
             p.count -= 1
             guard p.count == 0 else { return [] }

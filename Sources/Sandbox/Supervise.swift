@@ -324,9 +324,13 @@ extension Execution {
         if !backend.processes(run).isEmpty { try? backend.kill(run) }
         for fd in [stdoutR, stderrR, execR, reportR, metricsR] { fd.close() }
         sandbox.recycleNetns(nsfd.take(), quiet: netQuiet)
-        do { try backend.remove(run) } catch { sandbox.logger.error("run \(id): \(error)") }
+        scratchMount.close()
+        // A session's cgroup and scratch are its own, kept for its next interpreter.
+        if hold == nil {
+            do { try backend.remove(run) } catch { sandbox.logger.error("run \(id): \(error)") }
+        }
         let t2 = monotonicNanos()
-        sandbox.recycle(scratch)
+        if hold == nil { sandbox.recycle(scratch) }
         if sandbox.logger.logLevel <= .debug {
             sandbox.logger.debug("run \(id) teardown (ms): init exit \(millis(t0, t1)) cgroup \(millis(t1, t2)) scratch \(millis(t2, monotonicNanos()))")
         }

@@ -127,6 +127,29 @@ public enum Schema {
             try addColumn(db, "warm_template", "TEXT", log)
             try addColumn(db, "memory_shared", "INTEGER", log)
         }
+        // Sessions: their executions' fields, and one row per session.
+        m.registerMigration("v7 sessions") { db in
+            try addColumn(db, "execution_index", "INTEGER", log)
+            try addColumn(db, "memory_peak_method", "TEXT", log)
+            try addColumn(db, "results", "TEXT", log)
+            try addColumn(db, "exception", "TEXT", log)
+            try addColumn(db, "session", "TEXT", log)
+            try db.execute(sql: """
+                CREATE TABLE IF NOT EXISTS sessions (
+                  id TEXT PRIMARY KEY,
+                  name TEXT NOT NULL,
+                  created_at TIMESTAMP NOT NULL,
+                  ended_at TIMESTAMP,
+                  end_reason TEXT,
+                  executions INTEGER NOT NULL DEFAULT 0,
+                  labels TEXT,
+                  settings TEXT,
+                  host TEXT
+                )
+                """)
+            try db.execute(sql: "CREATE INDEX IF NOT EXISTS sessions_created_at ON sessions (created_at)")
+            log.say("created table sessions")
+        }
         return m
     }
 

@@ -218,6 +218,8 @@ int sp_new_netns(void);
 
 /// pidfd_send_signal(2).
 int sp_pidfd_send_signal(int pidfd, int sig);
+/// pidfd_open(2), close-on-exec; -errno on failure.
+int sp_pidfd_open(int pid);
 /// waitid(P_PIDFD, pidfd, ..., WEXITED | options). Returns 0 and fills status/code.
 int sp_pidfd_wait(int pidfd, int options, int *code_out, int *status_out);
 /// True when clone3 with CLONE_INTO_CGROUP is known to the kernel (probe with an invalid fd).
