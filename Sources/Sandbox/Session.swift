@@ -107,6 +107,8 @@ public final class Session: @unchecked Sendable {
 
     private struct Status {
         var busy = false
+        /// An execution holds `busy` (others wait for a freeze, thaw or restart to end).
+        var executing = false
         var frozen = false
         var closed = false
         var executions = 0
@@ -205,16 +207,29 @@ public final class Session: @unchecked Sendable {
         return JSONValue.object(o).text
     }
 
-    /// Takes the session for one operation; `.busy` when another holds it.
-    private func acquire() throws(SessionError) {
-        try status.withLock { (s: inout Status) throws(SessionError) in
-            if s.closed { throw SessionError(.closed, "the session is closed") }
-            if s.busy { throw SessionError(.busy, "an execution of this session is in progress") }
-            s.busy = true
+    /// Takes the session for one operation: `.busy` when an execution holds it; a
+    /// freeze, thaw or restart in progress is waited for (they are short).
+    private func acquire(execution: Bool = false) throws(SessionError) {
+        while true {
+            let taken = try status.withLock { (s: inout Status) throws(SessionError) -> Bool in
+                if s.closed { throw SessionError(.closed, "the session is closed") }
+                if s.executing { throw SessionError(.busy, "an execution of this session is in progress") }
+                if s.busy { return false }
+                s.busy = true
+                s.executing = execution
+                return true
+            }
+            if taken { return }
+            usleep(1000)
         }
     }
 
-    private func releaseBusy() { status.withLock { $0.busy = false } }
+    private func releaseBusy() {
+        status.withLock {
+            $0.busy = false
+            $0.executing = false
+        }
+    }
 
     // MARK: interpreter
 
@@ -405,6 +420,16 @@ public final class Session: @unchecked Sendable {
         try r.get()
     }
 
+    /// `freeze()` off the cooperative pool.
+    public func freezeIdle() async -> Bool {
+        await Self.offPool(sandbox) { [self] in freeze() }
+    }
+
+    /// `thaw()` off the cooperative pool.
+    public func thawIdle() async {
+        await Self.offPool(sandbox) { [self] in thaw() }
+    }
+
     public func close(reason: String = "the session was closed") async {
         await Self.offPool(sandbox) { [self] in closeBlocking(reason: reason) }
     }
@@ -439,7 +464,7 @@ public final class Session: @unchecked Sendable {
     /// Runs one cell and measures it as the session cgroup's counters after minus
     /// before. Throws `.busy` / `.closed`; every other failure is a result.
     public func executeBlocking(code: String, stdin: String = "", wallSeconds: Double? = nil, cpuSeconds: Double? = nil) throws(SessionError) -> ExecutionResult {
-        try acquire()
+        try acquire(execution: true)
         defer { releaseBusy() }
         let index = status.withLock { s -> Int in
             s.executions += 1

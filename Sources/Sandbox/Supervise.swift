@@ -272,6 +272,7 @@ extension Execution {
         counters.net = net.map { ($0.rxBytes, $0.txBytes) }
         counters.loopback = net?.loopbackBytes
         for w in ResultMapper.apply(counters, limits: lim, into: &result) { sandbox.logger.warning("run \(id): \(w)") }
+        if result.memoryPeak != nil { result.memoryPeakMethod = "run" }
         if var s = lastSample, let w = watchers {
             // Cumulative counters as the result has them (the same files, with the init's
             // own set-up subtracted as precisely as the result does): they agree exactly.

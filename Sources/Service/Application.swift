@@ -9,6 +9,7 @@ public func buildRouter(_ svc: ServiceContext) -> Router<BasicRequestContext> {
     ExecuteController(svc: svc).addRoutes(to: router)
     ExecutionsController(svc: svc).addRoutes(to: router)
     LiveController(svc: svc).addRoutes(to: router)
+    SessionController(svc: svc).addRoutes(to: router)
     SystemController(svc: svc).addRoutes(to: router)
     return router
 }

@@ -34,6 +34,14 @@ public struct ServiceConfig: Sendable {
     public var alertRules: [AlertRule] = []
     /// Warm templates kept (`serve --warm MODULES`).
     public var warmTemplates: [WarmSpec] = []
+    /// Sessions kept at once (`--max-sessions`); beyond it POST /sessions answers 429.
+    public var maxSessions = 16
+    /// A session's defaults, in seconds: frozen after this long idle, ended after
+    /// `sessionIdleTimeout` idle (a request may set both, and a `ttl`).
+    public var sessionFreezeAfter: Double = 30
+    public var sessionIdleTimeout: Double = 1800
+    /// How often idle sessions are looked at.
+    public var sessionSweepInterval: Duration = .seconds(1)
 
     public init(databasePath: String) {
         self.databasePath = databasePath

@@ -15,7 +15,10 @@ public final class ServiceContext: Sendable {
     public let connections: ConnectionLimiter
     /// Runs in progress, for watching and cancelling.
     public let live = LiveRuns()
+    /// Live sessions.
+    let sessions: SessionRegistry
     let maintenance = Mutex<Task<Void, Never>?>(nil)
+    let reaper = Mutex<Task<Void, Never>?>(nil)
 
     public init(config: ServiceConfig, sandbox: Sandbox, log: any ExecutionLog, logger: Logger) {
         self.config = config
@@ -24,8 +27,23 @@ public final class ServiceContext: Sendable {
         admission = Admission(maxConcurrency: config.maxConcurrency, queueSize: config.queueSize)
         metrics = ServiceMetrics(alertRules: config.alertRules.map(\.name))
         connections = ConnectionLimiter(max: config.maxConnections)
+        sessions = SessionRegistry(max: config.maxSessions)
         self.logger = logger
     }
+
+    /// Freezes idle sessions and ends expired ones every `sessionSweepInterval`.
+    func startSessionReaper() {
+        let task = Task { [self] in
+            while !Task.isCancelled {
+                await reapSessions()
+                try? await Task.sleep(for: config.sessionSweepInterval)
+            }
+        }
+        reaper.withLock { $0 = task }
+    }
+
+    /// Live sessions (`GET /health`, tests).
+    public var sessionCount: Int { sessions.count }
 
     /// Runs the log's upkeep now and then every `maintenanceInterval` until `close()`.
     func startMaintenance() {
@@ -47,12 +65,14 @@ public final class ServiceContext: Sendable {
 
     /// Stops the upkeep task (the service is shutting down).
     public func close() async {
-        let task = maintenance.withLock { t -> Task<Void, Never>? in
-            defer { t = nil }
-            return t
+        let tasks: [Task<Void, Never>?] = [maintenance.withLock { t in defer { t = nil }; return t },
+                     reaper.withLock { t in defer { t = nil }; return t }]
+        for task in tasks {
+            task?.cancel()
+            await task?.value
         }
-        task?.cancel()
-        await task?.value
+        // Sessions end with the service: their rows say so.
+        for e in sessions.closeAll() { await endSession(e, reason: "service_stopped") }
     }
 
     /// Opens the database, applies the migrations, marks runs of a crashed previous
@@ -68,10 +88,13 @@ public final class ServiceContext: Sendable {
         let sandbox = Sandbox(settings: settings, logger: logger)
         let interrupted = try await log.markInterrupted()
         if interrupted > 0 { logger.warning("marked \(interrupted) run(s) of a previous instance as interrupted") }
+        let ended = try await log.endOpenSessions(reason: "service_restarted")
+        if ended > 0 { logger.warning("marked \(ended) session(s) of a previous instance as ended") }
         sandbox.sweepStale()
         sandbox.warmUp()  // the launcher and the first run's resources, on a thread of its own
         let svc = ServiceContext(config: config, sandbox: sandbox, log: log, logger: logger)
         svc.startMaintenance()
+        svc.startSessionReaper()
         return svc
     }
 }

@@ -8,6 +8,23 @@ import Logging
 import Sandbox
 import Synchronization
 
+extension ServiceContext {
+    /// A run slot (or a queue place until one frees): 429 when both are full, 503 while
+    /// shutting down.
+    func acquireSlot() async throws(APIError) {
+        do {
+            try await admission.acquire()
+        } catch {
+            metrics.rejections.increment()
+            var e = error == .draining
+                ? APIError(.serviceUnavailable, "shutting_down", "the service is shutting down")
+                : APIError(.tooManyRequests, "overloaded", "all \(config.maxConcurrency) slots and \(config.queueSize) queue places are taken")
+            e.headers[.retryAfter] = "1"
+            throw e
+        }
+    }
+}
+
 /// POST /execute: admission, a logged run, the result (one JSON object, or a stream
 /// of Server-Sent Events ending with it).
 struct ExecuteController: Sendable {
@@ -40,16 +57,7 @@ struct ExecuteController: Sendable {
     /// Admission and the log's row: every refusal happens here, before any answer starts.
     func admit(_ req: ExecutionRequest, labels: [String: String], recordsSamples: Bool) async throws -> LiveRun {
         let queuedAt = Date()
-        do {
-            try await svc.admission.acquire()
-        } catch {
-            svc.metrics.rejections.increment()
-            var e = error == .draining
-                ? APIError(.serviceUnavailable, "shutting_down", "the service is shutting down")
-                : APIError(.tooManyRequests, "overloaded", "all \(svc.config.maxConcurrency) slots and \(svc.config.queueSize) queue places are taken")
-            e.headers[.retryAfter] = "1"
-            throw e
-        }
+        try await svc.acquireSlot()
         let id = Sandbox.newID()
         let startedAt = Date()
         do {
@@ -364,6 +372,7 @@ struct SystemController: Sendable {
                      "memory_shared": t.memoryShared.map { Int($0) as Any } ?? NSNull(),
                      "launches": t.launches, "restarts": t.restarts, "last_error": t.lastError ?? NSNull()]
                 },
+                "sessions": ["live": svc.sessions.count, "max": svc.sessions.max],
             ]
             return JSONBody.response(JSONBody.encode(body))
         }

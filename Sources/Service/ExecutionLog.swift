@@ -39,6 +39,35 @@ public protocol ExecutionLog: Sendable {
     func customPoints(id: Int64, name: String?) async throws -> [CustomPoint]
     /// The numbers `ExecutionStats` aggregates, of finished runs created in the window.
     func samples(since: Date?, until: Date?) async throws -> [RunSample]
+    /// Records a new session (its executions are rows of `execution_logs` with its id as
+    /// `container_id`).
+    func sessionOpened(_ row: SessionRow) async throws
+    /// A session's row after an execution (its count) or its end (when and why).
+    func sessionUpdated(id: String, executions: Int, endedAt: Date?, endReason: String?) async throws
+    /// Sessions of this host left open by an instance that is gone: marks them ended
+    /// with `reason`; returns how many.
+    @discardableResult
+    func endOpenSessions(reason: String) async throws -> Int
+    /// A session's row, open or ended.
+    func session(id: String) async throws -> SessionRow?
+}
+
+/// One row of `sessions`.
+public struct SessionRow: Sendable, Equatable {
+    public var id: String
+    public var name: String
+    public var createdAt: Date
+    public var endedAt: Date?
+    public var endReason: String?
+    public var executions = 0
+    public var labels: [String: String] = [:]
+    /// The session's settings (limits, timeouts) as JSON text.
+    public var settings: String?
+    public init(id: String, name: String, createdAt: Date) {
+        self.id = id
+        self.name = name
+        self.createdAt = createdAt
+    }
 }
 
 extension ExecutionLog {

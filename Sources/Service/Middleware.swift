@@ -27,12 +27,26 @@ struct MethodMiddleware<Context: RequestContext>: RouterMiddleware {
     static func allowed(_ path: String) -> String? {
         switch path {
         case "/execute": "POST"
+        case "/sessions": "GET, HEAD, POST"
         case "/executions", "/executions/stats", "/executions/trends", "/executions/regressions", "/health", "/metrics",
              "/openapi.json": "GET, HEAD"
         default:
             if path.hasPrefix("/executions/") && !path.dropFirst(12).contains("/") { "GET, HEAD, DELETE" }
             else if path.hasPrefix("/executions/") && (path.hasSuffix("/events") || path.hasSuffix("/samples") || path.hasSuffix("/custom-metrics")) && path.split(separator: "/").count == 3 { "GET, HEAD" }
+            else if path.hasPrefix("/sessions/") { sessionAllowed(path.split(separator: "/", omittingEmptySubsequences: false).dropFirst(2)) }
             else { nil }
+        }
+    }
+
+    /// /sessions/{id}[/...]: the methods of each session route.
+    static func sessionAllowed(_ rest: ArraySlice<Substring>) -> String? {
+        let parts = Array(rest)
+        guard !parts.isEmpty, !parts[0].isEmpty else { return nil }
+        if parts.count == 1 { return "GET, HEAD, DELETE" }
+        switch parts[1] {
+        case "restart", "execute": return parts.count == 2 ? "POST" : nil
+        case "files": return parts.count == 2 ? "GET, HEAD" : "GET, HEAD, PUT"
+        default: return nil
         }
     }
 

@@ -148,7 +148,7 @@ public final class ExecutionStore: ExecutionLog {
         case .integer: .int(int(dbv))
         case .number: .double(double(dbv))
         // (rows of older sandpits have none: an empty object or list)
-        case .object: .json(string(dbv) ?? "{}")
+        case .object: .json(string(dbv) ?? (f.nullable ? nil : "{}"))
         case .array: .json(string(dbv) ?? "[]")
         }
     }
@@ -263,6 +263,46 @@ public final class ExecutionStore: ExecutionLog {
 
     /// Rows of this host still `running` belong to a sandpit that died: mark them.
     @discardableResult
+    public func sessionOpened(_ row: SessionRow) async throws {
+        let host = self.host
+        let labels = row.labels.isEmpty ? nil : Labels.json(row.labels)
+        try await write { db in
+            try db.execute(sql: """
+                INSERT INTO sessions (id, name, created_at, executions, labels, settings, host) VALUES (?, ?, ?, ?, ?, ?, ?)
+                """, arguments: [row.id, row.name, row.createdAt, row.executions, labels, row.settings, host])
+        }
+    }
+
+    public func sessionUpdated(id: String, executions: Int, endedAt: Date?, endReason: String?) async throws {
+        try await write { db in
+            try db.execute(sql: """
+                UPDATE sessions SET executions = ?, ended_at = COALESCE(ended_at, ?), end_reason = COALESCE(end_reason, ?) WHERE id = ?
+                """, arguments: [executions, endedAt, endReason, id])
+        }
+    }
+
+    public func endOpenSessions(reason: String) async throws -> Int {
+        let host = self.host
+        return try await write { db in
+            try db.execute(sql: "UPDATE sessions SET ended_at = ?, end_reason = ? WHERE ended_at IS NULL AND (host = ? OR host IS NULL)",
+                           arguments: [Date(), reason, host])
+            return db.changesCount
+        }
+    }
+
+    public func session(id: String) async throws -> SessionRow? {
+        try await pool.read { db in
+            guard let r = try Row.fetchOne(db, sql: "SELECT * FROM sessions WHERE id = ?", arguments: [id]) else { return nil }
+            var s = SessionRow(id: r["id"], name: r["name"], createdAt: r["created_at"])
+            s.endedAt = r["ended_at"]
+            s.endReason = r["end_reason"]
+            s.executions = r["executions"]
+            s.labels = Labels.parse(r["labels"])
+            s.settings = r["settings"]
+            return s
+        }
+    }
+
     public func markInterrupted() async throws -> Int {
         let host = self.host
         return try await write { db in

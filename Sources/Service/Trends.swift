@@ -100,7 +100,7 @@ public struct TrendMetric: Sendable, Equatable {
 public enum Trends {
     /// The metrics a trend can follow: every numeric field of the result that is stored.
     public static let metrics: [ResultField] = ExecutionResult.schema.filter {
-        $0.storage != .none && ($0.type == .integer || $0.type == .number)
+        $0.storage != .none && ($0.type == .integer || $0.type == .number) && $0.name != "execution_index"
     }
     /// The metric `name` names, or a 400 that lists the known ones.
     public static func metric(_ name: Substring) throws(APIError) -> TrendMetric {

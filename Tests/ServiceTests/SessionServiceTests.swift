@@ -1,0 +1,172 @@
+import CgroupKit
+import Foundation
+import HTTPTypes
+import Hummingbird
+import HummingbirdTesting
+import Sandbox
+import Testing
+@testable import Service
+
+/// Sessions through the real HTTP server: real sandboxes, the real log.
+@Suite("Service: sessions (root, real server and sandboxes)", .enabled(if: Env.shouldRun), .serialized)
+struct SessionServiceTests {
+    static func obj(_ r: TestResponse) -> [String: Any] { json(r.body) as? [String: Any] ?? [:] }
+
+    static func check(_ r: TestResponse, _ path: String, _ method: String, status: Int = 200) -> [String: Any] {
+        let o = obj(r)
+        #expect(Int(r.status.code) == status, "\(method) \(path): \(r.status) \(o)")
+        let problems = openAPI.validate(o, path: path, method: method, status: status)
+        #expect(problems.isEmpty, "\(method) \(path) \(status): \(problems)")
+        return o
+    }
+
+    @Test func sessionsOverHTTP() async throws {
+        try #require(Env.isRoot, "privileged test run without root")
+        try await withService { client, svc in
+            let t = min(300, 30 * Env.slow)
+            let made = Self.check(try await client.post("/sessions", #"{"name": "nb", "labels": {"team": "a"}, "time_limit": \#(t)}"#),
+                                  "/sessions", "post", status: 201)
+            let id = try #require(made["id"] as? String)
+            #expect(made["name"] as? String == "nb" && made["state"] as? String == "ready" && made["executions"] as? Int == 0)
+            let dup = Self.check(try await client.post("/sessions", #"{"name": "nb"}"#), "/sessions", "post", status: 409)
+            #expect(dup["error"] as? String == "session_name_taken")
+
+            // State across executions, by name and by id; rich results; a plot.
+            let r1 = Self.check(try await client.post("/sessions/nb/execute", #"{"code": "import pandas as pd\ndf = pd.DataFrame({'a': [1, 2, 3]})\nprint(len(df))"}"#),
+                                "/sessions/{id}/execute", "post")
+            #expect(r1["output"] as? String == "3\n" && r1["container_id"] as? String == id && r1["container_name"] as? String == "nb")
+            #expect(r1["execution_index"] as? Int == 1 && r1["status"] as? String == "ok")
+            let r2 = Self.check(try await client.post("/sessions/\(id)/execute", #"{"code": "int(df['a'].sum())"}"#), "/sessions/{id}/execute", "post")
+            let results = r2["results"] as? [[String: Any]]
+            #expect(results?.first?["type"] as? String == "text/plain" && results?.first?["data"] as? String == "6")
+            let plot = Self.check(try await client.post("/sessions/nb/execute", #"{"code": "import matplotlib.pyplot as plt\nplt.plot(df['a'])\nNone"}"#),
+                                  "/sessions/{id}/execute", "post")
+            let png = (plot["results"] as? [[String: Any]])?.first { $0["type"] as? String == "image/png" }?["data"] as? String
+            let bytes = try #require(png.flatMap { Data(base64Encoded: $0) })
+            #expect(bytes.starts(with: [0x89, 0x50, 0x4E, 0x47]) && bytes.count > 5000)
+            let err = Self.check(try await client.post("/sessions/nb/execute", #"{"code": "undefined_name"}"#), "/sessions/{id}/execute", "post")
+            #expect(err["status"] as? String == "runtime_error" && (err["exception"] as? [String: Any])?["name"] as? String == "NameError")
+            let totals = try #require(err["session"] as? [String: Any])
+            #expect(totals["executions"] as? Int == 4 && (totals["memory_usage"] as? Int ?? 0) > 10 << 20)
+
+            // Files in and out, escapes refused.
+            let payload = (0..<5000).map { UInt8(truncatingIfNeeded: $0 * 31) }
+            let up = try await client.execute(uri: "/sessions/nb/files/data/in.bin", method: .put, headers: [:], body: ByteBuffer(bytes: payload))
+            _ = Self.check(up, "/sessions/{id}/files/{path}", "put", status: 201)
+            let read = try await client.post("/sessions/nb/execute", #"{"code": "d = open('/work/data/in.bin', 'rb').read()\nopen('/work/out.bin', 'wb').write(d[::-1])\nimport os; os.symlink('/etc', '/work/etc')\nlen(d)"}"#)
+            #expect(((Self.obj(read)["results"] as? [[String: Any]])?.first?["data"] as? String) == "5000")
+            let down = try await client.get("/sessions/nb/files/out.bin")
+            #expect(down.status == .ok && Array(buffer: down.body) == Array(payload.reversed()))
+            let ls = Self.check(try await client.get("/sessions/nb/files?dir=data"), "/sessions/{id}/files", "get")
+            #expect((ls["entries"] as? [[String: Any]])?.map { $0["path"] as? String } == ["data/in.bin"])
+            for bad in ["/sessions/nb/files/..%2F..%2Fetc%2Fpasswd", "/sessions/nb/files/etc/passwd", "/sessions/nb/files/missing"] {
+                let r = try await client.get(bad)
+                #expect([400, 404].contains(Int(r.status.code)), "\(bad): \(r.status)")
+                #expect(openAPI.validate(Self.obj(r), path: "/sessions/{id}/files/{path}", method: "get", status: Int(r.status.code)).isEmpty)
+            }
+
+            // One execution at a time: a second one is refused while the first runs.
+            // (over a connection of its own: the test client sends one request at a time)
+            let port = try #require(client.port)
+            let slow = Task { try await httpRequest(port: port, "POST", "/sessions/nb/execute", body: #"{"code": "import time\ntime.sleep(\#(1.5 * Env.slow))"}"#) }
+            try await Task.sleep(for: .milliseconds(Int(500 * Env.slow)))
+            let second = Self.check(try await client.post("/sessions/nb/execute", #"{"code": "1"}"#), "/sessions/{id}/execute", "post", status: 409)
+            #expect(second["error"] as? String == "session_busy")
+            #expect(try await slow.value.0 == 200)
+
+            // Each execution is a row of the log with the session's id and name.
+            let page = try #require(json(try await client.get("/executions?container_name=nb&limit=50").body) as? [String: Any])
+            let rows = page["executions"] as? [[String: Any]] ?? []
+            #expect(rows.count == 6 && rows.allSatisfy { $0["container_id"] as? String == id }, "\(rows.count) rows")
+            let rowID = try #require(rows.first?["id"] as? Int)
+            let row = Self.check(try await client.get("/executions/\(rowID)"), "/executions/{id}", "get")
+            #expect(row["execution_index"] as? Int == 6 && row["memory_peak_method"] as? String != nil)
+
+            // Restart: variables go, files stay.
+            let rs = Self.check(try await client.post("/sessions/nb/restart", "{}"), "/sessions/{id}/restart", "post")
+            #expect(rs["restarts"] as? Int == 1 && rs["state"] as? String == "ready")
+            let after = Self.obj(try await client.post("/sessions/nb/execute", #"{"code": "print('df' in globals(), open('/work/out.bin','rb').read()[:1] != b'')"}"#))
+            #expect(after["output"] as? String == "False True\n")
+
+            // Bad requests: JSON errors, nothing made.
+            for (path, body, code) in [("/sessions", #"{"nope": 1}"#, "invalid_request"), ("/sessions", #"{"time_limit": 0}"#, "limit_out_of_range"),
+                                       ("/sessions", #"{"name": ""}"#, "invalid_request"), ("/sessions/nb/execute", #"{"code": 3}"#, "invalid_request"),
+                                       ("/sessions/nb/execute", "[", "invalid_json"), ("/sessions/nope/execute", #"{"code": "1"}"#, "session_not_found")] {
+                let r = try await client.post(path, body)
+                let o = Self.obj(r)
+                #expect(o["error"] as? String == code, "\(path) \(body): \(o)")
+                #expect((400..<500).contains(Int(r.status.code)))
+            }
+            let patch = try await client.execute(uri: "/sessions/nb", method: .patch, headers: [:])
+            #expect(patch.status == .methodNotAllowed)
+
+            let list = Self.check(try await client.get("/sessions"), "/sessions", "get")
+            #expect((list["sessions"] as? [[String: Any]])?.map { $0["name"] as? String } == ["nb"])
+
+            // Delete: tasks, cgroup and scratch go; the row says why.
+            let backend = try Cgroups.shared()
+            let dirs = backend.parentDirectories.map { $0 + "/" + (SysFile.list($0).first { $0.hasSuffix(id) } ?? "-") }
+            #expect(dirs.allSatisfy { SysFile.isDirectory($0) })
+            let del = Self.check(try await client.execute(uri: "/sessions/nb", method: .delete, headers: [:]), "/sessions/{id}", "delete")
+            #expect(del["state"] as? String == "closed" && del["end_reason"] as? String == "deleted" && del["executions"] as? Int == 7)
+            #expect(dirs.allSatisfy { !SysFile.isDirectory($0) }, "left: \(dirs)")
+            #expect(try await client.get("/sessions/nb").status == .notFound)
+            let gone = Self.check(try await client.get("/sessions/\(id)"), "/sessions/{id}", "get")
+            #expect(gone["end_reason"] as? String == "deleted")
+            #expect(svc.sessionCount == 0)
+        }
+    }
+
+    /// Idle sessions are frozen, then ended; a lifetime ends one however busy it was;
+    /// beyond --max-sessions, 429; the service's stop ends the rest.
+    @Test func idleLifetimeAndLimits() async throws {
+        try #require(Env.isRoot, "privileged test run without root")
+        try await withService({
+            $0.sessionSweepInterval = .milliseconds(100)
+            $0.maxSessions = 2
+        }) { client, svc in
+            let idle = 3 * Env.slow
+            let a = Self.check(try await client.post("/sessions", #"{"name": "idle", "freeze_after": 0.3, "idle_timeout": \#(idle)}"#), "/sessions", "post", status: 201)
+            let id = try #require(a["id"] as? String)
+            _ = try await client.post("/sessions/idle/execute", #"{"code": "x = 7"}"#)
+            try await Task.sleep(for: .milliseconds(900))
+            #expect(Self.obj(try await client.get("/sessions/idle"))["state"] as? String == "frozen")
+            let thawed = Self.obj(try await client.post("/sessions/idle/execute", #"{"code": "x * 6"}"#))
+            #expect((thawed["results"] as? [[String: Any]])?.first?["data"] as? String == "42")
+            let shown = Self.obj(try await client.get("/sessions/idle"))
+            #expect((shown["last_thaw_ms"] as? Double ?? -1) >= 0)
+
+            let b = Self.check(try await client.post("/sessions", #"{"name": "short", "ttl": 1}"#), "/sessions", "post", status: 201)
+            let full = Self.check(try await client.post("/sessions", #"{"name": "third"}"#), "/sessions", "post", status: 429)
+            #expect(full["error"] as? String == "too_many_sessions")
+
+            // ttl, then idle_timeout: each ends its session and says so.
+            try await Task.sleep(for: .milliseconds(Int((idle + 1.5) * 1000)))
+            let bid = try #require(b["id"] as? String)
+            #expect(Self.obj(try await client.get("/sessions/\(bid)"))["end_reason"] as? String == "ttl")
+            #expect(Self.obj(try await client.get("/sessions/\(id)"))["end_reason"] as? String == "idle_timeout")
+            let backend = try Cgroups.shared()
+            #expect(backend.parentDirectories.flatMap { SysFile.list($0) }.filter { $0.hasSuffix(id) || $0.hasSuffix(bid) }.isEmpty)
+
+            // The service's stop ends the live ones; their rows say so.
+            let c = Self.obj(try await client.post("/sessions", #"{"name": "last"}"#))
+            let cid = try #require(c["id"] as? String)
+            await svc.close()
+            let row = try await svc.log.session(id: cid)
+            #expect(row?.endReason == "service_stopped" && row?.endedAt != nil)
+        }
+    }
+
+    /// Sessions a crashed instance left open are ended when the next one starts.
+    @Test func openSessionsOfAGoneInstanceAreEnded() async throws {
+        let db = tempDB()
+        defer { removeDB(db) }
+        let store = try ExecutionStore(path: db)
+        try store.prepare()
+        try await store.sessionOpened(SessionRow(id: "a1", name: "left", createdAt: Date()))
+        #expect(try await store.endOpenSessions(reason: "service_restarted") == 1)
+        let row = try await store.session(id: "a1")
+        #expect(row?.endReason == "service_restarted" && row?.endedAt != nil)
+        #expect(try await store.endOpenSessions(reason: "service_restarted") == 0)
+    }
+}
