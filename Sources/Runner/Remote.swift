@@ -13,9 +13,16 @@ enum Remote {
 
     /// The answer's status code and body.
     static func post(server: String, path: String, body: [UInt8], token: String?) async throws -> (Int, [UInt8]) {
+        try await request(server: server, method: "POST", path: path, body: body, token: token)
+    }
+
+    /// Any request; `contentType` is the body's.
+    static func request(server: String, method: String, path: String, body: [UInt8] = [], contentType: String = "application/json",
+                        token: String?) async throws -> (Int, [UInt8]) {
         try await withCheckedThrowingContinuation { (c: CheckedContinuation<(Int, [UInt8]), any Error>) in
             let t = Thread {
-                do { c.resume(returning: try postBlocking(server: server, path: path, body: body, token: token)) } catch {
+                do { c.resume(returning: try requestBlocking(server: server, method: method, path: path, body: body,
+                                                             contentType: contentType, token: token)) } catch {
                     c.resume(throwing: error)
                 }
             }
@@ -55,10 +62,11 @@ enum Remote {
         throw Failure(description: "cannot connect to \(host):\(port): \(String(cString: strerror(lastErr)))")
     }
 
-    static func postBlocking(server: String, path: String, body: [UInt8], token: String?) throws -> (Int, [UInt8]) {
+    static func requestBlocking(server: String, method: String, path: String, body: [UInt8], contentType: String,
+                                token: String?) throws -> (Int, [UInt8]) {
         let fd = try connectTo(server)
         defer { close(fd) }
-        var head = "POST \(path) HTTP/1.1\r\nHost: sandpit\r\nContent-Type: application/json\r\n"
+        var head = "\(method) \(path) HTTP/1.1\r\nHost: sandpit\r\nContent-Type: \(contentType)\r\n"
             + "Content-Length: \(body.count)\r\nConnection: close\r\n"
         if let token, !token.isEmpty { head += "Authorization: Bearer \(token)\r\n" }
         let request = Array((head + "\r\n").utf8) + body

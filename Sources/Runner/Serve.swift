@@ -32,6 +32,12 @@ struct Serve: AsyncParsableCommand {
     var socket: String?
     @Option(name: .customLong("warm"), help: "Keep a warm template that has imported these modules, e.g. 'numpy' or 'numpy,pandas' (repeatable); requests choose one with \"warm\".")
     var warm: [String] = []
+    @Option(name: .customLong("max-sessions"), help: "Sessions kept at once; POST /sessions beyond it answers 429.")
+    var maxSessions = 16
+    @Option(name: .customLong("session-freeze-after"), help: "Seconds a session may idle before the cgroup freezer stops it (a request's freeze_after wins).")
+    var sessionFreezeAfter: Double = 30
+    @Option(name: .customLong("session-idle-timeout"), help: "Seconds a session may idle before it is ended (a request's idle_timeout wins).")
+    var sessionIdleTimeout: Double = 1800
 
     func warmSpecs() throws -> [WarmSpec] {
         do {
@@ -82,6 +88,11 @@ struct Serve: AsyncParsableCommand {
         config.alertRules = try alertRules()
         for r in config.alertRules { logger.info("alert rule \(r)") }
         config.warmTemplates = try warmSpecs()
+        guard maxSessions >= 0 else { throw ValidationError("--max-sessions must be 0 or more") }
+        guard sessionFreezeAfter > 0, sessionIdleTimeout > 0 else { throw ValidationError("session timeouts must be positive") }
+        config.maxSessions = maxSessions
+        config.sessionFreezeAfter = sessionFreezeAfter
+        config.sessionIdleTimeout = sessionIdleTimeout
         // Each connection is a descriptor: make room for the cap (up to the hard limit).
         var nofile = rlimit()
         if getrlimit(Int32(RLIMIT_NOFILE.rawValue), &nofile) == 0 {

@@ -557,6 +557,8 @@ public final class Session: @unchecked Sendable {
         sendSome()
         var events = [epoll_event](repeating: epoll_event(), count: 8)
         var nextSample = t0
+        var lastHits = monitor.memoryLimitHits() ?? 0
+        var thrashSince: Int64?
         while reply == nil && !died {
             let now = monotonicNanos()
             if killed == nil, e.stopReason != nil {
@@ -568,9 +570,27 @@ public final class Session: @unchecked Sendable {
             if killed == nil && now >= t0 + wallNs { interrupt(.wallTime) }
             if now >= nextSample {
                 nextSample = now + 10_000_000
-                if let c = monitor.memoryCurrentBytes() { sampledPeak = max(sampledPeak, c) }
+                let current = monitor.memoryCurrentBytes()
+                if let c = current { sampledPeak = max(sampledPeak, c) }
                 if let p = monitor.pidsCurrent() { maxTasks = max(maxTasks, p) }
                 if killed == nil, let u = monitor.cpuUsageUsec(), u >= cpuBase, u - cpuBase >= cpuLimitUsec { interrupt(.cpuTime) }
+                // Pinned at the memory limit and still hitting it for a second (the kernel
+                // reclaiming the same pages over and over instead of an OOM kill): as for a
+                // run, the execution ends with memory_limit — here with its interpreter.
+                if let hits = monitor.memoryLimitHits() {
+                    if hits > lastHits && (current ?? 0) + (2 << 20) >= lim.memoryBytes {
+                        if let since = thrashSince, now - since >= 1_000_000_000 {
+                            killed = .memoryThrash
+                            killedHard = true
+                            died = true
+                            break
+                        }
+                        if thrashSince == nil { thrashSince = now }
+                    } else {
+                        thrashSince = nil
+                    }
+                    lastHits = hits
+                }
             }
             if let s = sigintAt, now >= s + graceNs {
                 // The cell did not give control back: the interpreter goes, the session stays.
@@ -651,6 +671,7 @@ public final class Session: @unchecked Sendable {
         case .wallTime?: seen.killed = .wallTime
         case .cpuTime?: seen.killed = .cpuTime
         case .output?: seen.killed = .output
+        case .memoryThrash?: seen.killed = .memoryThrash
         case .stopped?: seen.killed = .stopped(e.stopReason ?? "the session was closed")
         default: break
         }

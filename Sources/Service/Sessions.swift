@@ -12,6 +12,8 @@ final class SessionEntry: Sendable {
     let freezeAfter: Double
     let idleTimeout: Double
     let ttl: Double?
+    /// When the session became available (monotonic seconds): its `ttl` counts from here.
+    let since = SessionEntry.now()
     /// (last use in monotonic seconds, requests in progress)
     let use = Mutex<(last: Double, inFlight: Int)>((0, 0))
     /// An execution request holds the session (a second one is answered 409).
@@ -36,8 +38,8 @@ final class SessionEntry: Sendable {
 
     var lastUsed: Date { Date(timeIntervalSinceNow: use.withLock { $0.last } - Self.now()) }
 
-    /// Seconds since the session was made (monotonic, from its creation date).
-    var age: Double { -session.createdAt.timeIntervalSinceNow }
+    /// Seconds since the session became available.
+    var age: Double { Self.now() - since }
 
     /// The session as the API shows it.
     func json() -> String {
