@@ -27,7 +27,7 @@ func median(_ xs: [Double]) -> Double {
     return s.isEmpty ? .nan : s[s.count / 2]
 }
 
-let runs = CommandLine.arguments.count > 1 ? Int(CommandLine.arguments[1]) ?? 200 : 200
+let runs = CommandLine.arguments.count > 1 ? Int(CommandLine.arguments[1]) ?? 200 : 200  // (`sessions [N]`: see SessionBench.swift)
 // SANDPIT_BENCH_DIRECT=1: clone each run from this process instead of the launcher.
 var settings = SandboxSettings()
 settings.useLauncher = ProcessInfo.processInfo.environment["SANDPIT_BENCH_DIRECT"] != "1"
@@ -35,6 +35,12 @@ settings.spareCgroup = true  // as the service runs; shut down below
 var logger = Logger(label: "sandpit-bench")
 logger.logLevel = ProcessInfo.processInfo.environment["SANDPIT_LOG"].flatMap { Logger.Level(rawValue: $0) } ?? .warning
 let sandbox = Sandbox(settings: settings, logger: logger)
+if CommandLine.arguments.count > 2 && CommandLine.arguments[1] == "sessions" || CommandLine.arguments.dropFirst().first == "sessions" {
+    await sessionBench(runs: CommandLine.arguments.count > 2 ? Int(CommandLine.arguments[2]) ?? 200 : 200, sandbox: sandbox)
+    await sandbox.quiesce()
+    sandbox.shutdown()
+    exit(0)
+}
 var b: [Double] = [], s: [Double] = [], full: [Double] = [], exec: [Double] = []
 for i in 0..<(runs + 10) {
     let tb = bare("/usr/bin/python3")
