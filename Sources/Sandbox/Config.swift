@@ -73,6 +73,10 @@ public struct ExecutionRequest: Sendable {
     public var sampleInterval: Double = 0.25
     /// Whether to fork the run from a warm template (`"warm"` in a request).
     public var warm: WarmChoice = .cold
+    /// Files placed under /work before the run (path relative to /work, bytes).
+    public var files: [(path: String, bytes: [UInt8])] = []
+    /// Globs (fnmatch, `*` crossing `/`) of files under /work returned in the result.
+    public var returnFiles: [String] = []
     /// The runtime's interpreter (`--python`).
     public var python: String {
         get { runtime.interpreter }

@@ -25,7 +25,7 @@ final class ScratchPrep: @unchecked Sendable {
     /// When the scratch was ready.
     private(set) var readyNs: Int64 = 0
 
-    init(sandbox: Sandbox, size: UInt64, code: [UInt8], fileName: String) {
+    init(sandbox: Sandbox, size: UInt64, code: [UInt8], fileName: String, files: [(path: String, bytes: [UInt8])] = []) {
         let work: @Sendable () -> Result<(Scratch, Int32), SandboxError> = {
             let scratch: Scratch
             do throws(SandboxError) {
@@ -35,6 +35,13 @@ final class ScratchPrep: @unchecked Sendable {
             }
             do throws(SandboxError) {
                 try scratch.writeProgram(code, as: fileName, uid: sandbox.settings.uid, gid: sandbox.settings.gid)
+                for f in files {
+                    do throws(SessionError) {
+                        try scratch.writeFile(f.path, f.bytes, uid: sandbox.settings.uid, gid: sandbox.settings.gid)
+                    } catch {
+                        throw SandboxError(.invalid, "request file \(f.path): \(error.what)", errno: 0)
+                    }
+                }
                 return .success((scratch, try scratch.mountForRun()))
             } catch {
                 sandbox.recycle(scratch)
@@ -142,7 +149,8 @@ final class Execution: @unchecked Sendable {
         // Without a kept scratch (the CLI, a cold service), making one (copy, loop
         // device, mount) is the longest step: it runs on a helper thread meanwhile.
         let code = Array(request.code.utf8)
-        let prep = hold == nil ? ScratchPrep(sandbox: sandbox, size: limits.scratchBytes, code: code, fileName: request.runtime.fileName) : nil
+        let prep = hold == nil ? ScratchPrep(sandbox: sandbox, size: limits.scratchBytes, code: code, fileName: request.runtime.fileName,
+                                             files: request.files) : nil
         if let hold {
             run = hold.cgroup
             prepNs = (t0, t0, 0)

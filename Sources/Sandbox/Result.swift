@@ -78,6 +78,10 @@ public struct ExecutionResult: Sendable, Equatable {
     public var exception: String?
     /// A session execution's session after it: its totals, as JSON text.
     public var sessionTotals: String?
+    /// Files the request's `return_files` matched: `{path: base64}` as JSON text.
+    public var returnedFiles: String?
+    /// Some matched files were left out (over 100 files or 10 MiB).
+    public var filesTruncated = false
 
     public init(containerID: String, containerName: String, startedAt: Date) {
         success = false

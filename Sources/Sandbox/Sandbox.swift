@@ -280,6 +280,12 @@ public final class Sandbox: Sendable {
         if let reason = pendingCancels.withLock({ $0.cancelled[id] }) { execution.stop(reason: reason, cancelled: true) }
         execution.start()
         var out = execution.supervise(into: result)
+        if !request.returnFiles.isEmpty {
+            // Every task of the run is gone: its files are what it left.
+            let (files, truncated) = execution.scratch.collect(request.returnFiles, maxFiles: 100, maxBytes: 10 << 20)
+            out.returnedFiles = JSONValue.object(Dictionary(uniqueKeysWithValues: files.map { ($0.0, .string(Data($0.1).base64EncodedString())) })).text
+            out.filesTruncated = truncated
+        }
         if let w = execution.warmUsed {
             out.start = .warm
             out.warmTemplate = w.template

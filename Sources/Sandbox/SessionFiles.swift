@@ -64,14 +64,38 @@ enum ConfinedPath {
     }
 }
 
+extension ExecutionRequest {
+    /// A request file's path, checked as session file paths are (relative to /work, no
+    /// `.` or `..`); the path relative to /work, or why it is refused.
+    public static func checkFilePath(_ path: String) throws(SessionError) -> String {
+        try ConfinedPath.components(path, allowEmpty: false).joined(separator: "/")
+    }
+}
+
 extension Session {
     /// Writes `bytes` to `path` under /work (made with its parent directories, owned by
     /// the sandbox user; an existing file is replaced). Returns the path relative to /work.
     @discardableResult
     public func writeFile(_ path: String, _ bytes: [UInt8]) throws(SessionError) -> String {
+        try scratch.writeFile(path, bytes, uid: sandbox.settings.uid, gid: sandbox.settings.gid)
+    }
+
+    /// The bytes of the regular file `path` under /work; `.tooLarge` past `maxBytes`.
+    public func readFile(_ path: String, maxBytes: Int) throws(SessionError) -> [UInt8] {
+        try scratch.readFile(path, maxBytes: maxBytes)
+    }
+
+    /// The entries of directory `dir` under /work (sorted by name, at most `limit`).
+    public func listFiles(_ dir: String, limit: Int = 10_000) throws(SessionError) -> [SessionFileEntry] {
+        try scratch.listFiles(dir, limit: limit)
+    }
+}
+
+extension Scratch {
+    @discardableResult
+    func writeFile(_ path: String, _ bytes: [UInt8], uid: UInt32, gid: UInt32) throws(SessionError) -> String {
         let parts = try ConfinedPath.components(path, allowEmpty: false)
-        let (uid, gid) = (sandbox.settings.uid, sandbox.settings.gid)
-        let dir = try ConfinedPath.openDirectory(scratch.rootFD, Array(parts.dropLast()), create: true, uid: uid, gid: gid)
+        let dir = try ConfinedPath.openDirectory(rootFD, Array(parts.dropLast()), create: true, uid: uid, gid: gid)
         defer { Glibc.close(dir) }
         let name = parts.last!
         let fd = openat(dir, name, O_WRONLY | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0o644)
@@ -103,10 +127,9 @@ extension Session {
         return parts.joined(separator: "/")
     }
 
-    /// The bytes of the regular file `path` under /work; `.tooLarge` past `maxBytes`.
-    public func readFile(_ path: String, maxBytes: Int) throws(SessionError) -> [UInt8] {
+    func readFile(_ path: String, maxBytes: Int) throws(SessionError) -> [UInt8] {
         let parts = try ConfinedPath.components(path, allowEmpty: false)
-        let dir = try ConfinedPath.openDirectory(scratch.rootFD, Array(parts.dropLast()), create: false, uid: 0, gid: 0)
+        let dir = try ConfinedPath.openDirectory(rootFD, Array(parts.dropLast()), create: false, uid: 0, gid: 0)
         defer { Glibc.close(dir) }
         let fd = openat(dir, parts.last!, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)
         guard fd >= 0 else {
@@ -131,10 +154,9 @@ extension Session {
         return Array(out[0..<got])
     }
 
-    /// The entries of directory `dir` under /work (sorted by name, at most `limit`).
-    public func listFiles(_ dir: String, limit: Int = 10_000) throws(SessionError) -> [SessionFileEntry] {
+    func listFiles(_ dir: String, limit: Int = 10_000) throws(SessionError) -> [SessionFileEntry] {
         let parts = try ConfinedPath.components(dir, allowEmpty: true)
-        let fd = try ConfinedPath.openDirectory(scratch.rootFD, parts, create: false, uid: 0, gid: 0)
+        let fd = try ConfinedPath.openDirectory(rootFD, parts, create: false, uid: 0, gid: 0)
         guard let d = fdopendir(fd) else {
             Glibc.close(fd)
             throw SessionError(.io, "opendir \(dir): \(String(cString: strerror(errno)))")
@@ -158,5 +180,32 @@ extension Session {
             out.append(SessionFileEntry(name: name, path: prefix + name, kind: kind, size: Int64(st.st_size), modified: mtime))
         }
         return out.sorted { $0.name < $1.name }
+    }
+
+    /// Regular files under /work whose path (relative to /work) matches one of `globs`
+    /// (fnmatch, `*` also crossing `/`), walked without following symlinks: at most
+    /// `maxFiles` files and `maxBytes` bytes in all, the rest left out (`truncated`).
+    func collect(_ globs: [String], maxFiles: Int, maxBytes: Int) -> (files: [(String, [UInt8])], truncated: Bool) {
+        var out: [(String, [UInt8])] = []
+        var total = 0
+        var truncated = false
+        var dirs: [(String, Int)] = [("", 0)]
+        var seen = 0
+        while let (dir, depth) = dirs.popLast() {
+            guard let entries = try? listFiles(dir, limit: 10_000) else { continue }
+            for e in entries {
+                seen += 1
+                if seen > 100_000 { return (out, true) }
+                if e.kind == .directory && depth < 32 { dirs.append((e.path, depth + 1)); continue }
+                guard e.kind == .file, globs.contains(where: { fnmatch($0, e.path, 0) == 0 }) else { continue }
+                guard out.count < maxFiles, total + Int(e.size) <= maxBytes, let bytes = try? readFile(e.path, maxBytes: maxBytes - total) else {
+                    truncated = true
+                    continue
+                }
+                total += bytes.count
+                out.append((e.path, bytes))
+            }
+        }
+        return (out.sorted { $0.0 < $1.0 }, truncated)
     }
 }

@@ -22,7 +22,8 @@ enum JSONKind: String, Decodable {
 struct ExecuteBody: Decodable {
     static let known: Set<String> = ["code", "stdin", "args", "container_name", "time_limit", "cpu_limit",
                                      "memory_limit", "pids_limit", "output_limit", "runtime",
-                                     "stream", "detach", "sample_interval", "samples", "labels", "warm"]
+                                     "stream", "detach", "sample_interval", "samples", "labels", "warm",
+                                     "files", "return_files"]
 
     var code: String
     var stdin: String?
@@ -42,6 +43,10 @@ struct ExecuteBody: Decodable {
     /// `true` (the template that fits the code's imports), `false`, or a template's
     /// modules (`"numpy"`, `"numpy,pandas"`).
     var warm: WarmChoice = .cold
+    /// `files`: {path: base64} placed under /work before the run.
+    var files: [(path: String, bytes: [UInt8])] = []
+    /// `return_files`: globs of files under /work returned in the result.
+    var returnFiles: [String] = []
 
     static func invalid(_ detail: String) -> APIError { APIError(.badRequest, "invalid_request", detail) }
 
@@ -102,6 +107,34 @@ struct ExecuteBody: Decodable {
                 throw Self.invalid("'warm' must be a boolean or a string of module names, not \(kind.rawValue)")
             }
         }
+        if c.contains(AnyKey("files")), try !c.decodeNil(forKey: AnyKey("files")) {
+            guard let kinds = try? c.decode([String: JSONKind].self, forKey: AnyKey("files")) else {
+                let kind = try c.decode(JSONKind.self, forKey: AnyKey("files"))
+                throw Self.invalid("'files' must be an object of base64 strings, not \(kind.rawValue)")
+            }
+            guard kinds.count <= 100 else { throw Self.invalid("'files' may name at most 100 files") }
+            let raw = try c.decode([String: JSONKind].self, forKey: AnyKey("files"))
+            if let (k, kind) = raw.sorted(by: { $0.key < $1.key }).first(where: { $0.value != .string }) {
+                throw Self.invalid("'files': the value of '\(k.prefix(80))' must be a base64 string, not \(kind.rawValue)")
+            }
+            for (path, b64) in try c.decode([String: String].self, forKey: AnyKey("files")).sorted(by: { $0.key < $1.key }) {
+                let clean: String
+                do { clean = try ExecutionRequest.checkFilePath(path) } catch {
+                    throw Self.invalid("'files': '\(path.prefix(80))': \(error.what)")
+                }
+                guard let data = Data(base64Encoded: b64) else { throw Self.invalid("'files': '\(path.prefix(80))' is not valid base64") }
+                files.append((clean, Array(data)))
+            }
+        }
+        if c.contains(AnyKey("return_files")), try !c.decodeNil(forKey: AnyKey("return_files")) {
+            guard let globs = try? c.decode([String].self, forKey: AnyKey("return_files")) else {
+                throw Self.invalid("'return_files' must be an array of glob strings")
+            }
+            guard globs.count <= 32, globs.allSatisfy({ !$0.isEmpty && $0.utf8.count <= 1024 && !$0.utf8.contains(0) }) else {
+                throw Self.invalid("'return_files' must be 1 to 32 non-empty globs of at most 1024 bytes")
+            }
+            returnFiles = globs.map { $0.hasPrefix("/work/") ? String($0.dropFirst(6)) : $0 }
+        }
         if c.contains(AnyKey("labels")), try !c.decodeNil(forKey: AnyKey("labels")) {
             guard let kinds = try? c.decode([String: JSONKind].self, forKey: AnyKey("labels")) else {
                 let kind = try c.decode(JSONKind.self, forKey: AnyKey("labels"))
@@ -130,6 +163,11 @@ struct ExecuteBody: Decodable {
     func request(ranges: LimitRanges) throws -> ExecutionRequest {
         var req = ExecutionRequest(code: code)
         req.warm = warm
+        if let f = files.first(where: { $0.path == req.runtime.fileName }) {
+            throw Self.invalid("'files': '\(f.path)' is the program's own file")
+        }
+        req.files = files
+        req.returnFiles = returnFiles
         func ranged(_ key: String, _ v: Double?, _ range: ClosedRange<Double>) throws -> Double? {
             guard let v else { return nil }
             guard range.contains(v) else {

@@ -207,6 +207,32 @@ struct SessionServiceTests {
         #expect(try sandpit(["session", "ls"] + srv).1 == "ID\tNAME\tSTATE\tEXECUTIONS\tCREATED\n")
     }
 
+    /// Stateless runs take files in (`files`) and give matches back (`return_files`).
+    @Test(.enabled(if: !Env.inVM, "not cgroup-version specific: on the host only")) func statelessFilesInAndOut() async throws {
+        try #require(Env.isRoot, "privileged test run without root")
+        try await withService { client, _ in
+            let input = Data((0..<3000).map { UInt8(truncatingIfNeeded: $0 * 13) }).base64EncodedString()
+            let code = "d = open('/work/data/in.bin', 'rb').read()\nimport os\nos.makedirs('/work/out/deep')\nopen('/work/out/deep/r.csv', 'w').write('n\\n%d\\n' % len(d))\nopen('/work/rev.bin', 'wb').write(d[::-1])\nopen('/work/skip.txt', 'w').write('x')\nos.symlink('/etc/passwd', '/work/link.csv')"
+            let r = Self.check(try await client.post("/execute", #"{"code": \#(jsonString(code)), "files": {"data/in.bin": "\#(input)"}, "return_files": ["*.csv", "rev.bin"]}"#),
+                               "/execute", "post")
+            #expect(r["status"] as? String == "ok", "\(r["error"] ?? "")")
+            let files = try #require(r["files"] as? [String: String])
+            #expect(Set(files.keys) == ["out/deep/r.csv", "rev.bin"], "\(files.keys)")
+            #expect(files["out/deep/r.csv"].flatMap { Data(base64Encoded: $0) } == Data("n\n3000\n".utf8))
+            #expect(files["rev.bin"].flatMap { Data(base64Encoded: $0) } == Data(Data(base64Encoded: input)!.reversed()))
+            #expect(r["files_truncated"] as? Bool == false)
+            let plain = Self.check(try await client.post("/execute", #"{"code": "print(1)"}"#), "/execute", "post")
+            #expect((plain["files"] as? [String: Any])?.isEmpty == true)
+            for (body, why) in [(#"{"code": "1", "files": {"../x": "YQ=="}}"#, "'..'"), (#"{"code": "1", "files": {"main.py": "YQ=="}}"#, "program"),
+                                (#"{"code": "1", "files": {"a": "%%%"}}"#, "base64"), (#"{"code": "1", "files": {"a": 1}}"#, "base64 string"),
+                                (#"{"code": "1", "return_files": "*"}"#, "array")] {
+                let e = try await client.post("/execute", body)
+                let o = Self.obj(e)
+                #expect(e.status == .badRequest && (o["detail"] as? String ?? "").contains(why), "\(body): \(o)")
+            }
+        }
+    }
+
     /// Sessions a crashed instance left open are ended when the next one starts.
     @Test func openSessionsOfAGoneInstanceAreEnded() async throws {
         let db = tempDB()
