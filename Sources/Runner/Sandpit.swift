@@ -10,7 +10,7 @@ struct Sandpit: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "sandpit",
         abstract: "Run untrusted Python in a sandbox and report what it cost, from the kernel's own counters.",
-        subcommands: [Run.self, Serve.self, SessionCommand.self, Migrate.self, Doctor.self, History.self, TrendsCommand.self, Regressions.self])
+        subcommands: [Run.self, Serve.self, SessionCommand.self, MCPCommand.self, Migrate.self, Doctor.self, History.self, TrendsCommand.self, Regressions.self])
 }
 
 struct Run: AsyncParsableCommand {
