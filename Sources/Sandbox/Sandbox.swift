@@ -18,6 +18,8 @@ public final class Sandbox: Sendable {
     /// A run cgroup made ahead (no limits, never used), renamed for the next run.
     let spareCgroups: ReusePool<RunCgroup>
     let active = ActiveRuns()
+    /// Sessions whose execution is running, by session id (what `cancel(id:)` names).
+    let sessionCells = Mutex<[String: Session]>([:])
     /// Ids of runs being prepared, and cancellations that came before their launch.
     let pendingCancels = Mutex<(expected: Set<String>, cancelled: [String: String])>(([], [:]))
     let launcher: Launcher?
@@ -216,6 +218,11 @@ public final class Sandbox: Sendable {
     /// False when no run of this id is in progress or about to start.
     @discardableResult
     public func cancel(id: String, reason: String = "cancelled by a client") -> Bool {
+        // A session's execution: its cell is interrupted (SIGINT, then the grace).
+        if let s = sessionCells.withLock({ $0[id] }) {
+            s.cancelCell(reason: reason)
+            return true
+        }
         if let e = active.find(id) {
             e.stop(reason: reason, cancelled: true)
             return true

@@ -129,6 +129,8 @@ public final class Session: @unchecked Sendable {
     }
 
     private let status = Mutex(Status())
+    /// Set by `cancelCell(reason:)`: the running cell is interrupted as by a limit.
+    private let cancelRequest = Mutex<String?>(nil)
     /// Touched only by the thread that holds `busy`.
     private var interpreter: Interpreter?
     private var peakMeter: PeakMeter?
@@ -389,6 +391,12 @@ public final class Session: @unchecked Sendable {
         status.withLock { $0.frozen = false }
     }
 
+    /// Interrupts the running execution at a client's request (it ends `cancelled`; the
+    /// session stays). Nothing when none runs.
+    public func cancelCell(reason: String) {
+        cancelRequest.withLock { $0 = reason }
+    }
+
     // MARK: async faces
 
     /// Runs `body` on a thread of its own and returns its value.
@@ -402,14 +410,19 @@ public final class Session: @unchecked Sendable {
         }
     }
 
-    public func execute(code: String, stdin: String = "", wallSeconds: Double? = nil, cpuSeconds: Double? = nil) async throws(SessionError) -> ExecutionResult {
+    /// One execution. `events`, when given, receives `started`, the output as it comes,
+    /// `limit`, then the result; then its streams end.
+    public func execute(code: String, stdin: String = "", wallSeconds: Double? = nil, cpuSeconds: Double? = nil,
+                        events: RunEvents? = nil) async throws(SessionError) -> ExecutionResult {
         let r: Result<ExecutionResult, SessionError> = await Self.offPool(sandbox) { [self] in
             do throws(SessionError) {
-                return .success(try executeBlocking(code: code, stdin: stdin, wallSeconds: wallSeconds, cpuSeconds: cpuSeconds))
+                return .success(try executeBlocking(code: code, stdin: stdin, wallSeconds: wallSeconds, cpuSeconds: cpuSeconds, events: events))
             } catch {
                 return .failure(error)
             }
         }
+        if case .success(let result) = r { events?.emit(.result(result)) }
+        events?.finish()
         return try r.get()
     }
 
@@ -463,9 +476,15 @@ public final class Session: @unchecked Sendable {
 
     /// Runs one cell and measures it as the session cgroup's counters after minus
     /// before. Throws `.busy` / `.closed`; every other failure is a result.
-    public func executeBlocking(code: String, stdin: String = "", wallSeconds: Double? = nil, cpuSeconds: Double? = nil) throws(SessionError) -> ExecutionResult {
+    public func executeBlocking(code: String, stdin: String = "", wallSeconds: Double? = nil, cpuSeconds: Double? = nil,
+                                events: RunEvents? = nil) throws(SessionError) -> ExecutionResult {
         try acquire(execution: true)
-        defer { releaseBusy() }
+        cancelRequest.withLock { $0 = nil }
+        sandbox.sessionCells.withLock { $0[id] = self }
+        defer {
+            sandbox.sessionCells.withLock { _ = $0.removeValue(forKey: id) }
+            releaseBusy()
+        }
         let index = status.withLock { s -> Int in
             s.executions += 1
             return s.executions
@@ -522,9 +541,12 @@ public final class Session: @unchecked Sendable {
             _ = epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev)
         }
         var wantOut = false
+        let names: [Execution.KillReason: String] = [.wallTime: "wall_time", .cpuTime: "cpu_time", .output: "output",
+                                                     .memoryThrash: "memory", .stopped: "stopped", .cancelled: "cancelled"]
         func interrupt(_ why: Execution.KillReason) {
             guard killed == nil else { return }
             killed = why
+            events?.emit(.limitHit(names[why] ?? "stopped"))
             sigintAt = monotonicNanos()
             _ = sp_pidfd_send_signal(ip.pidfd.raw, SIGINT)
         }
@@ -555,7 +577,11 @@ public final class Session: @unchecked Sendable {
             }
         }
         sendSome()
-        var events = [epoll_event](repeating: epoll_event(), count: 8)
+        events?.emit(.started(id: id, at: result.startedAt))
+        let emitOut: ((ArraySlice<UInt8>) -> Void)? = events.map { ev in { if ev.hasSubscribers { ev.emit(.output(.stdout, Array($0))) } } }
+        let emitErr: ((ArraySlice<UInt8>) -> Void)? = events.map { ev in { if ev.hasSubscribers { ev.emit(.output(.stderr, Array($0))) } } }
+        var cancelReason: String?
+        var ready = [epoll_event](repeating: epoll_event(), count: 8)
         var nextSample = t0
         var lastHits = monitor.memoryLimitHits() ?? 0
         var thrashSince: Int64?
@@ -566,6 +592,10 @@ public final class Session: @unchecked Sendable {
                 killedHard = true
                 died = true
                 break
+            }
+            if killed == nil, let why = cancelRequest.withLock({ $0 }) {
+                cancelReason = why
+                interrupt(.cancelled)
             }
             if killed == nil && now >= t0 + wallNs { interrupt(.wallTime) }
             if now >= nextSample {
@@ -602,19 +632,19 @@ public final class Session: @unchecked Sendable {
             if killed == nil { deadline = min(deadline, t0 + wallNs) }
             if let s = sigintAt { deadline = min(deadline, s + graceNs) }
             let timeoutMs = Int32(max(0, min(1000, (deadline - now + 999_999) / 1_000_000)))
-            let n = events.withUnsafeMutableBufferPointer { epoll_wait(ep, $0.baseAddress, 8, timeoutMs) }
+            let n = ready.withUnsafeMutableBufferPointer { epoll_wait(ep, $0.baseAddress, 8, timeoutMs) }
             if n < 0 && errno != EINTR { break }
             for i in 0..<max(0, Int(n)) {
-                let fd = events[i].data.fd
+                let fd = ready[i].data.fd
                 if fd == e.stdoutR.raw {
-                    if !out.drain(fd) { interrupt(.output) }
+                    if !out.drain(fd, fresh: emitOut) { interrupt(.output) }
                 } else if fd == e.stderrR.raw {
-                    if !err.drain(fd) { interrupt(.output) }
+                    if !err.drain(fd, fresh: emitErr) { interrupt(.output) }
                 } else if fd == e.metricsR.raw {
                     metrics.drain(fd, now: { Double(monotonicNanos() - t0) / 1e9 })
                     if metrics.eof { _ = epoll_ctl(ep, EPOLL_CTL_DEL, fd, nil) }
                 } else if fd == ip.ctl.raw {
-                    if events[i].events & EPOLLOUT.rawValue != 0 { sendSome() }
+                    if ready[i].events & EPOLLOUT.rawValue != 0 { sendSome() }
                     switch frame.read(fd) {
                     case .frame(let v): reply = v
                     case .eof: died = true
@@ -641,8 +671,8 @@ public final class Session: @unchecked Sendable {
             }
             if waitStatus == nil { e.stop(reason: "the session's interpreter was ended") }
         }
-        _ = out.drain(e.stdoutR.raw)
-        _ = err.drain(e.stderrR.raw)
+        _ = out.drain(e.stdoutR.raw, fresh: emitOut)
+        _ = err.drain(e.stderrR.raw, fresh: emitErr)
         if !metrics.eof { metrics.drain(e.metricsR.raw, now: { Double(monotonicNanos() - t0) / 1e9 }) }
         if let c = monitor.memoryCurrentBytes() { sampledPeak = max(sampledPeak, c) }
         if killed == nil && e.stopReason != nil { killed = .stopped }
@@ -672,6 +702,7 @@ public final class Session: @unchecked Sendable {
         case .cpuTime?: seen.killed = .cpuTime
         case .output?: seen.killed = .output
         case .memoryThrash?: seen.killed = .memoryThrash
+        case .cancelled?: seen.killed = .cancelled(cancelReason ?? "cancelled by a client")
         case .stopped?: seen.killed = .stopped(e.stopReason ?? "the session was closed")
         default: break
         }

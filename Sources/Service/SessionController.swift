@@ -235,49 +235,85 @@ struct SessionController: Sendable {
         let stdin = try o.string("stdin") ?? ""
         let wall = try o.number("time_limit", in: svc.config.ranges.wallSeconds)
         let cpu = try o.number("cpu_limit", in: svc.config.ranges.cpuSeconds)
-        if try o.bool("stream") == true {
-            throw ExecuteBody.invalid("'stream' is not available for session executions yet; POST without it for the result")
-        }
+        let stream = try o.bool("stream") ?? (request.headers[.accept]?.contains("text/event-stream") ?? false)
         // One execution at a time: a second one is refused at once, before it is logged.
         guard e.executing.withLock({ x in defer { x = true }; return !x }) else {
             throw APIError(.conflict, "session_busy", "an execution of this session is in progress; one runs at a time")
         }
         e.begin()
-        defer {
+        let svc = self.svc
+        @Sendable func release() async {
             e.done()
             e.executing.withLock { $0 = false }
         }
         let queuedAt = Date()
-        try await svc.acquireSlot()
         let rowID: Int64
         do {
-            rowID = try await svc.log.begin(code: code, name: e.name, containerID: e.session.id, labels: e.labels,
-                                            queuedAt: queuedAt, startedAt: Date())
+            try await svc.acquireSlot()
+            do {
+                rowID = try await svc.log.begin(code: code, name: e.name, containerID: e.session.id, labels: e.labels,
+                                                queuedAt: queuedAt, startedAt: Date())
+            } catch {
+                await svc.admission.release()
+                throw APIError(.serviceUnavailable, "storage_unavailable", "the execution log cannot be written; nothing was run")
+            }
         } catch {
+            await release()
+            throw error
+        }
+        var req = ExecutionRequest(code: code)
+        req.name = e.name
+        let run = LiveRun(rowID: rowID, containerID: e.session.id, request: req, startedAt: queuedAt, recordsSamples: false)
+        svc.live.add(run)
+        /// The execution, its row completed, everything released.
+        @Sendable func work() async -> Result<ExecutionResult, SessionError> {
+            let outcome: Result<ExecutionResult, SessionError>
+            do {
+                outcome = .success(try await e.session.execute(code: code, stdin: stdin, wallSeconds: wall, cpuSeconds: cpu, events: run.events))
+            } catch {
+                outcome = .failure(error)
+            }
+            var logged: ExecutionResult
+            switch outcome {
+            case .success(let r): logged = r
+            case .failure(let error):
+                // Refused before it started (the session ended meanwhile).
+                logged = ExecutionResult(containerID: e.session.id, containerName: e.name, startedAt: queuedAt)
+                logged.status = .cancelled
+                logged.error = "not run: \(error.what)"
+            }
+            do {
+                try await svc.log.finish(id: rowID, result: logged, finishedAt: Date())
+                try await svc.log.sessionUpdated(id: e.session.id, executions: e.session.executions, endedAt: nil, endReason: nil)
+            } catch {
+                svc.logger.error("session \(e.session.id) execution (row \(rowID)): not logged yet: \(error)")
+            }
+            svc.live.remove(rowID)
             await svc.admission.release()
-            throw APIError(.serviceUnavailable, "storage_unavailable", "the execution log cannot be written; nothing was run")
+            if case .success(let r) = outcome { svc.metrics.finished(r) }
+            await release()
+            return outcome
         }
-        let result: ExecutionResult
-        do {
-            result = try await e.session.execute(code: code, stdin: stdin, wallSeconds: wall, cpuSeconds: cpu)
-        } catch {
-            // Refused before it started (another execution came first, or the session ended).
-            var r = ExecutionResult(containerID: e.session.id, containerName: e.name, startedAt: queuedAt)
-            r.status = .cancelled
-            r.error = "not run: \(error.what)"
-            try? await svc.log.finish(id: rowID, result: r, finishedAt: Date())
-            await svc.admission.release()
-            throw APIError(error)
+        if stream {
+            let events = run.events.subscribe()  // before the execution starts: nothing is missed
+            let runner = Task { await work() }
+            let keepAlive = svc.config.keepAlive
+            return Response(status: .ok, headers: eventStreamHeaders(id: rowID), body: ResponseBody { writer in
+                var sse = SSEWriter(run)
+                do {
+                    try await sse.send(events, of: run, to: &writer, keepAlive: keepAlive)
+                    try await writer.finish(nil)
+                } catch {
+                    svc.sandbox.cancel(id: e.session.id, reason: "the streaming client disconnected")
+                    _ = await runner.value
+                    throw error
+                }
+            })
         }
-        do {
-            try await svc.log.finish(id: rowID, result: result, finishedAt: Date())
-            try await svc.log.sessionUpdated(id: e.session.id, executions: e.session.executions, endedAt: nil, endReason: nil)
-        } catch {
-            svc.logger.error("session \(e.session.id) execution (row \(rowID)): not logged yet: \(error)")
+        switch await work() {
+        case .success(let r): return resultResponse(r, id: rowID)
+        case .failure(let error): throw APIError(error)
         }
-        await svc.admission.release()
-        svc.metrics.finished(result)
-        return resultResponse(result, id: rowID)
     }
 
     /// The path after `files/`, percent-decoded.

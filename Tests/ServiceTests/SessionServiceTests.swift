@@ -3,8 +3,8 @@ import Foundation
 import HTTPTypes
 import Hummingbird
 import HummingbirdTesting
-import Sandbox
 import Testing
+@testable import Sandbox
 @testable import Service
 
 /// Sessions through the real HTTP server: real sandboxes, the real log.
@@ -205,6 +205,45 @@ struct SessionServiceTests {
         #expect(s6 == 125 && e6.contains("404"), "\(e6)")
         #expect(try sandpit(["session", "rm", "cli"] + srv).0 == 0)
         #expect(try sandpit(["session", "ls"] + srv).1 == "ID\tNAME\tSTATE\tEXECUTIONS\tCREATED\n")
+    }
+
+    /// A session's execution as Server-Sent Events, watched and cancelled like a run;
+    /// a cancelled cell is interrupted, and the session keeps its state.
+    @Test func streamWatchAndCancel() async throws {
+        try #require(Env.isRoot, "privileged test run without root")
+        try await withService { client, svc in
+            let port = try #require(client.port)
+            _ = Self.check(try await client.post("/sessions", #"{"name": "live"}"#), "/sessions", "post", status: 201)
+            _ = try await client.post("/sessions/live/execute", #"{"code": "kept = 1"}"#)
+            let (status, head, body) = try await httpExchange(port: port, "POST", "/sessions/live/execute",
+                                                               body: #"{"code": "import time\nfor i in range(3):\n    print(i, flush=True); time.sleep(0.1)\nkept + 1", "stream": true}"#)
+            #expect(status == 200 && head.lowercased().contains("text/event-stream"), "\(head)")
+            let kinds = body.split(separator: "\n").filter { $0.hasPrefix("event: ") }.map { String($0.dropFirst(7)) }
+            #expect(kinds.first == "started" && kinds.last == "result" && kinds.filter { $0 == "stdout" }.count >= 1, "\(kinds)")
+            let last = try #require(body.components(separatedBy: "event: result\ndata: ").last?.split(separator: "\n").first)
+            let result = try #require(try JSONSerialization.jsonObject(with: Data(last.utf8)) as? [String: Any])
+            #expect(result["output"] as? String == "0\n1\n2\n" && (result["results"] as? [[String: Any]])?.first?["data"] as? String == "2")
+
+            // Cancel through DELETE /executions/{id}, as for a run.
+            let slow = Task { try await httpRequest(port: port, "POST", "/sessions/live/execute", body: #"{"code": "import time\ntime.sleep(60)"}"#) }
+            var rowID: Int?
+            for _ in 0..<Int(100 * Env.slow) {
+                let page = Self.obj(try await client.get("/executions?container_name=live&status=running"))
+                rowID = (page["executions"] as? [[String: Any]])?.first?["id"] as? Int
+                if rowID != nil { break }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            let id = try #require(rowID)
+            try await Task.sleep(for: .milliseconds(Int(300 * Env.slow)))
+            let cancelled = Self.check(try await client.execute(uri: "/executions/\(id)", method: .delete, headers: [:]), "/executions/{id}", "delete")
+            #expect(cancelled["status"] as? String == "cancelled" && (cancelled["exception"] as? [String: Any])?["name"] as? String == "KeyboardInterrupt",
+                    "\(cancelled["status"] ?? "") \(cancelled["error"] ?? "")")
+            #expect((cancelled["execution_time"] as? Double ?? 99) < 5 * Env.slow)
+            #expect(try await slow.value.0 == 200)
+            let after = Self.obj(try await client.post("/sessions/live/execute", #"{"code": "print(kept)"}"#))
+            #expect(after["output"] as? String == "1\n")
+            #expect(svc.sandbox.sessionCells.withLock { $0.isEmpty })
+        }
     }
 
     /// Stateless runs take files in (`files`) and give matches back (`return_files`).
