@@ -77,6 +77,9 @@ public struct ExecutionRequest: Sendable {
     public var files: [(path: String, bytes: [UInt8])] = []
     /// Globs (fnmatch, `*` crossing `/`) of files under /work returned in the result.
     public var returnFiles: [String] = []
+    /// Run the program as a notebook cell and return its rich results (a final
+    /// expression's value, figures, the exception); always a cold start.
+    public var richResults = false
     /// The runtime's interpreter (`--python`).
     public var python: String {
         get { runtime.interpreter }

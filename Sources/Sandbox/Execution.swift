@@ -229,6 +229,7 @@ final class Execution: @unchecked Sendable {
             + request.runtime.environment
             + ["OPENBLAS_NUM_THREADS=\(t)", "OMP_NUM_THREADS=\(t)", "MKL_NUM_THREADS=\(t)",
                "SANDPIT_METRICS=\(CustomMetrics.path)"]
+            + (request.richResults ? ["MPLBACKEND=Agg"] : [])
     }
 
     func start() {
@@ -266,7 +267,10 @@ final class Execution: @unchecked Sendable {
             // Backstop only: the supervisor enforces the CPU limit on the whole group.
             sp_rlimit(resource: Int32(RLIMIT_CPU.rawValue), soft: cpuRlimit, hard: cpuRlimit + 1),
         ]
-        let argv = request.runtime.argv(request.args)
+        // (rich results: the same file and arguments, run by the one-shot agent)
+        let argv = request.richResults
+            ? [request.runtime.interpreter, "-s", "-c", SessionAgent.oneShot, request.runtime.programPath] + request.args
+            : request.runtime.argv(request.args)
         var spec = sp_launch_spec()
         spec.cgroup_fd = run.directoryFD
         spec.cgroup_task_files = run.taskFiles.isEmpty ? nil
@@ -304,7 +308,7 @@ final class Execution: @unchecked Sendable {
         launchNs = monotonicNanos()
         var fd: Int32 = -1
         let r = withExtendedLifetime(arena) { () -> pid_t in
-            if let pool = sandbox.warm, let t = pool.pick(request) {
+            if let pool = sandbox.warm, !request.richResults, let t = pool.pick(request) {
                 var shared: Int64 = 0
                 let r = pool.launch(t, spec: &spec, pidfd: &fd, shared: &shared)
                 if r > 0 { warmUsed = (t.spec.description, shared) }

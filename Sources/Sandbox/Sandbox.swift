@@ -287,6 +287,12 @@ public final class Sandbox: Sendable {
         if let reason = pendingCancels.withLock({ $0.cancelled[id] }) { execution.stop(reason: reason, cancelled: true) }
         execution.start()
         var out = execution.supervise(into: result)
+        if request.richResults, let bytes = try? execution.scratch.readFile(SessionAgent.resultsFile, maxBytes: 9 << 20),
+           let v = JSONValue(text: String(decoding: bytes, as: UTF8.self)) {
+            // (written by the program's own process: bounded, and only its own results)
+            if case .array(let items)? = v["results"], !items.isEmpty { out.richResults = JSONValue.array(items).text }
+            if let x = v["exception"], case .object = x { out.exception = x.text }
+        }
         if !request.returnFiles.isEmpty {
             // Every task of the run is gone: its files are what it left.
             let (files, truncated) = execution.scratch.collect(request.returnFiles, maxFiles: 100, maxBytes: 10 << 20)

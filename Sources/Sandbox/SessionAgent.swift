@@ -16,8 +16,100 @@
 /// raises KeyboardInterrupt in the cell; between cells it is ignored, so one that
 /// arrives as a cell ends is lost rather than raised in the next.
 enum SessionAgent {
-    static let source = #"""
+    /// What both agents share: running code as a cell, rich results, figures.
+    static let common = #"""
 import ast, base64, builtins, io, json, os, signal, struct, sys, traceback, types
+
+LIMIT = 8 << 20  # bytes of rich results per execution
+
+
+def bundle(v, out, room):
+    if not isinstance(v, type):
+        for meth, mime in (('_repr_png_', 'image/png'), ('_repr_html_', 'text/html')):
+            f = getattr(v, meth, None)
+            if not callable(f):
+                continue
+            try:
+                d = f()
+            except Exception:
+                continue
+            if isinstance(d, (bytes, bytearray)):
+                d = base64.b64encode(bytes(d)).decode()
+            if isinstance(d, str) and d and len(d) <= room[0]:
+                room[0] -= len(d)
+                out.append({'type': mime, 'data': d})
+    try:
+        text = repr(v)
+    except Exception as e:
+        text = '<repr failed: %s>' % type(e).__name__
+    text = text[:max(0, room[0])]
+    room[0] -= len(text)
+    out.append({'type': 'text/plain', 'data': text})
+
+def figures(out, room):
+    plt = sys.modules.get('matplotlib.pyplot')
+    if plt is None:
+        return
+    try:
+        for num in plt.get_fignums():
+            buf = io.BytesIO()
+            plt.figure(num).savefig(buf, format='png')
+            d = base64.b64encode(buf.getvalue()).decode()
+            if len(d) <= room[0]:
+                room[0] -= len(d)
+                out.append({'type': 'image/png', 'data': d})
+        plt.close('all')
+    except Exception as e:
+        print('sandpit: a figure could not be rendered: %r' % (e,), file=sys.stderr)
+
+
+
+def run_code(source, name, ns, results, room, agent_frame):
+    """Runs `source` in `ns` like a notebook cell: returns (exit code, exception)."""
+    try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        tree = ast.parse(source, name, 'exec')
+        last = None
+        if tree.body and isinstance(tree.body[-1], ast.Expr):
+            last = ast.Expression(tree.body.pop().value)
+        exec(compile(tree, name, 'exec'), ns)
+        if last is not None:
+            value = eval(compile(last, name, 'eval'), ns)
+            if value is not None:
+                ns['_'] = value
+                bundle(value, results, room)
+        return 0, None
+    except SystemExit as e:
+        c = e.code
+        if c is None:
+            return 0, None
+        if isinstance(c, int):
+            return c & 0xff, None
+        print(c, file=sys.stderr)
+        return 1, None
+    except BaseException as e:
+        tb = e.__traceback__
+        while tb is not None and tb.tb_frame.f_code.co_name in (agent_frame, 'run_code'):
+            tb = tb.tb_next  # the agent's own frames
+        text = ''.join(traceback.format_exception(type(e), e, tb))
+        try:
+            sys.stderr.write(text)
+        except Exception:
+            pass
+        return 1, {'name': type(e).__name__, 'value': str(e), 'traceback': text}
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def flush():
+    for s in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        try:
+            s.flush()
+        except Exception:
+            pass
+"""#
+
+    static let source = common + #"""
 
 
 def _sandpit_session():
@@ -33,7 +125,6 @@ def _sandpit_session():
     ns = main.__dict__
     sys.argv = ['']
     sys.path[0] = '/work'
-    limit = 8 << 20  # bytes of rich results per cell
 
     def read_exact(n):
         buf = b''
@@ -51,52 +142,6 @@ def _sandpit_session():
         while view:
             view = view[os.write(ctl, view):]
 
-    def bundle(v, out, room):
-        if not isinstance(v, type):
-            for meth, mime in (('_repr_png_', 'image/png'), ('_repr_html_', 'text/html')):
-                f = getattr(v, meth, None)
-                if not callable(f):
-                    continue
-                try:
-                    d = f()
-                except Exception:
-                    continue
-                if isinstance(d, (bytes, bytearray)):
-                    d = base64.b64encode(bytes(d)).decode()
-                if isinstance(d, str) and d and len(d) <= room[0]:
-                    room[0] -= len(d)
-                    out.append({'type': mime, 'data': d})
-        try:
-            text = repr(v)
-        except Exception as e:
-            text = '<repr failed: %s>' % type(e).__name__
-        text = text[:max(0, room[0])]
-        room[0] -= len(text)
-        out.append({'type': 'text/plain', 'data': text})
-
-    def figures(out, room):
-        plt = sys.modules.get('matplotlib.pyplot')
-        if plt is None:
-            return
-        try:
-            for num in plt.get_fignums():
-                buf = io.BytesIO()
-                plt.figure(num).savefig(buf, format='png')
-                d = base64.b64encode(buf.getvalue()).decode()
-                if len(d) <= room[0]:
-                    room[0] -= len(d)
-                    out.append({'type': 'image/png', 'data': d})
-            plt.close('all')
-        except Exception as e:
-            print('sandpit: a figure could not be rendered: %r' % (e,), file=sys.stderr)
-
-    def flush():
-        for s in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
-            try:
-                s.flush()
-            except Exception:
-                pass
-
     send({'ready': True, 'python': sys.version.split()[0]})
     cell = 0
     while True:
@@ -110,42 +155,9 @@ def _sandpit_session():
         cell += 1
         name = '<cell %d>' % cell
         sys.stdin = io.StringIO(req.get('stdin') or '')
-        results, exc, code = [], None, 0
-        room = [limit]
-        try:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            tree = ast.parse(req['code'], name, 'exec')
-            last = None
-            if tree.body and isinstance(tree.body[-1], ast.Expr):
-                last = ast.Expression(tree.body.pop().value)
-            exec(compile(tree, name, 'exec'), ns)
-            if last is not None:
-                value = eval(compile(last, name, 'eval'), ns)
-                if value is not None:
-                    ns['_'] = value
-                    bundle(value, results, room)
-        except SystemExit as e:
-            c = e.code
-            if c is None:
-                code = 0
-            elif isinstance(c, int):
-                code = c & 0xff
-            else:
-                print(c, file=sys.stderr)
-                code = 1
-        except BaseException as e:
-            tb = e.__traceback__
-            if tb is not None and tb.tb_frame.f_code.co_name == '_sandpit_session':
-                tb = tb.tb_next  # the agent's own frame
-            text = ''.join(traceback.format_exception(type(e), e, tb))
-            try:
-                sys.stderr.write(text)
-            except Exception:
-                pass
-            exc = {'name': type(e).__name__, 'value': str(e), 'traceback': text}
-            code = 1
-        finally:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        results = []
+        room = [LIMIT]
+        code, exc = run_code(req['code'], name, ns, results, room, '_sandpit_session')
         figures(results, room)
         flush()
         sys.stdin = io.StringIO('')
@@ -153,5 +165,41 @@ def _sandpit_session():
 
 
 _sandpit_session()
+"""#
+
+    /// Where a stateless run with `rich_results` leaves its results (under /work).
+    static let resultsFile = ".sandpit-results.json"
+
+    /// A stateless run with `rich_results`: `python3 -s -c ONESHOT /work/main.py ARGS`
+    /// runs the file as a notebook cell (a final expression's value, open figures, an
+    /// exception as {name, value, traceback}), writes them to /work/.sandpit-results.json,
+    /// and exits with the program's exit code.
+    static let oneShot = common + #"""
+
+
+def _sandpit_oneshot():
+    path = sys.argv[1]
+    sys.argv = sys.argv[1:]
+    sys.path[0] = os.path.dirname(path)
+    main = types.ModuleType('__main__')
+    main.__builtins__ = builtins
+    main.__file__ = path
+    sys.modules['__main__'] = main
+    results = []
+    room = [LIMIT]
+    with open(path, 'rb') as f:
+        source = f.read()
+    code, exc = run_code(source, path, main.__dict__, results, room, '_sandpit_oneshot')
+    figures(results, room)
+    try:
+        with open('/work/.sandpit-results.json', 'w') as f:
+            json.dump({'results': results, 'exception': exc}, f)
+    except OSError as e:
+        print('sandpit: the results could not be written: %s' % e, file=sys.stderr)
+    flush()
+    return code
+
+
+sys.exit(_sandpit_oneshot())
 """#
 }

@@ -197,7 +197,7 @@ extension Scratch {
                 seen += 1
                 if seen > 100_000 { return (out, true) }
                 if e.kind == .directory && depth < 32 { dirs.append((e.path, depth + 1)); continue }
-                guard e.kind == .file, globs.contains(where: { fnmatch($0, e.path, 0) == 0 }) else { continue }
+                guard e.kind == .file, e.path != SessionAgent.resultsFile, globs.contains(where: { fnmatch($0, e.path, 0) == 0 }) else { continue }
                 guard out.count < maxFiles, total + Int(e.size) <= maxBytes, let bytes = try? readFile(e.path, maxBytes: maxBytes - total) else {
                     truncated = true
                     continue

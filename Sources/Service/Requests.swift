@@ -23,7 +23,7 @@ struct ExecuteBody: Decodable {
     static let known: Set<String> = ["code", "stdin", "args", "container_name", "time_limit", "cpu_limit",
                                      "memory_limit", "pids_limit", "output_limit", "runtime",
                                      "stream", "detach", "sample_interval", "samples", "labels", "warm",
-                                     "files", "return_files"]
+                                     "files", "return_files", "rich_results"]
 
     var code: String
     var stdin: String?
@@ -47,6 +47,8 @@ struct ExecuteBody: Decodable {
     var files: [(path: String, bytes: [UInt8])] = []
     /// `return_files`: globs of files under /work returned in the result.
     var returnFiles: [String] = []
+    /// `rich_results`: run as a notebook cell, return `results` and `exception`.
+    var richResults: Bool?
 
     static func invalid(_ detail: String) -> APIError { APIError(.badRequest, "invalid_request", detail) }
 
@@ -93,6 +95,7 @@ struct ExecuteBody: Decodable {
         detach = try field("detach", Bool.self, "a boolean")
         sampleInterval = try field("sample_interval", Double.self, "a number")
         samples = try field("samples", Bool.self, "a boolean")
+        richResults = try field("rich_results", Bool.self, "a boolean")
         if c.contains(AnyKey("warm")), try !c.decodeNil(forKey: AnyKey("warm")) {
             if let b = try? c.decode(Bool.self, forKey: AnyKey("warm")) {
                 warm = b ? .auto : .cold
@@ -168,6 +171,7 @@ struct ExecuteBody: Decodable {
         }
         req.files = files
         req.returnFiles = returnFiles
+        req.richResults = richResults ?? false
         func ranged(_ key: String, _ v: Double?, _ range: ClosedRange<Double>) throws -> Double? {
             guard let v else { return nil }
             guard range.contains(v) else {

@@ -261,8 +261,6 @@ public final class ExecutionStore: ExecutionLog {
         return report
     }
 
-    /// Rows of this host still `running` belong to a sandpit that died: mark them.
-    @discardableResult
     public func sessionOpened(_ row: SessionRow) async throws {
         let host = self.host
         let labels = row.labels.isEmpty ? nil : Labels.json(row.labels)
@@ -303,6 +301,8 @@ public final class ExecutionStore: ExecutionLog {
         }
     }
 
+    /// Rows of this host still `running` belong to a sandpit that died: mark them.
+    @discardableResult
     public func markInterrupted() async throws -> Int {
         let host = self.host
         return try await write { db in

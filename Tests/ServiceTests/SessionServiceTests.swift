@@ -209,7 +209,7 @@ struct SessionServiceTests {
 
     /// A session's execution as Server-Sent Events, watched and cancelled like a run;
     /// a cancelled cell is interrupted, and the session keeps its state.
-    @Test func streamWatchAndCancel() async throws {
+    @Test(.enabled(if: !Env.inVM, "not cgroup-version specific: on the host only")) func streamWatchAndCancel() async throws {
         try #require(Env.isRoot, "privileged test run without root")
         try await withService { client, svc in
             let port = try #require(client.port)
@@ -269,6 +269,34 @@ struct SessionServiceTests {
                 let o = Self.obj(e)
                 #expect(e.status == .badRequest && (o["detail"] as? String ?? "").contains(why), "\(body): \(o)")
             }
+        }
+    }
+
+    /// `rich_results` on a stateless run: the final value, a figure, the exception, the
+    /// exit code; and nothing of it without the flag.
+    @Test(.enabled(if: !Env.inVM, "matplotlib: on the host only (the emulated VM runs python ~200× slower)")) func statelessRichResults() async throws {
+        try #require(Env.isRoot, "privileged test run without root")
+        try await withService { client, _ in
+            let code = "import sys, matplotlib.pyplot as plt\nplt.plot([1, 2])\nprint(sys.argv, __file__)\n6 * 7"
+            let r = Self.check(try await client.post("/execute", #"{"code": \#(jsonString(code)), "rich_results": true, "args": ["x"], "return_files": ["*.py", "*.json"], "time_limit": 60}"#),
+                               "/execute", "post")
+            #expect(r["status"] as? String == "ok" && r["output"] as? String == "['/work/main.py', 'x'] /work/main.py\n", "\(r["output"] ?? "") \(r["error"] ?? "")")
+            let items = r["results"] as? [[String: Any]] ?? []
+            #expect(items.map { $0["type"] as? String } == ["text/plain", "image/png"] && items.first?["data"] as? String == "42")
+            let png = (items.last?["data"] as? String).flatMap { Data(base64Encoded: $0) } ?? Data()
+            #expect(png.starts(with: [0x89, 0x50, 0x4E, 0x47]) && png.count > 3000)
+            let keys = Set((r["files"] as? [String: Any])?.keys.map { $0 } ?? [])
+            #expect(keys.contains("main.py") && !keys.contains(".sandpit-results.json"), "the results file is not one of the run's files: \(keys)")
+            #expect((r["cpu_user_time"] as? Double ?? 0) > 0.05, "the run's metrics cover the whole program")
+            let e = Self.obj(try await client.post("/execute", #"{"code": "x = 1\n1 / 0", "rich_results": true}"#))
+            #expect(e["status"] as? String == "runtime_error" && e["exit_code"] as? Int == 1)
+            let exc = e["exception"] as? [String: Any]
+            #expect(exc?["name"] as? String == "ZeroDivisionError" && (exc?["traceback"] as? String ?? "").contains("/work/main.py\", line 2"), "\(exc ?? [:])")
+            #expect((e["error"] as? String ?? "").contains("ZeroDivisionError"))
+            let x = Self.obj(try await client.post("/execute", #"{"code": "import sys\nsys.exit(3)", "rich_results": true}"#))
+            #expect(x["exit_code"] as? Int == 3 && x["exception"] is NSNull)
+            let plain = Self.obj(try await client.post("/execute", #"{"code": "6 * 7"}"#))
+            #expect((plain["results"] as? [Any])?.isEmpty == true && plain["exception"] is NSNull)
         }
     }
 
