@@ -7,6 +7,7 @@ let package = Package(
     products: [
         .executable(name: "sandpit", targets: ["Runner"]),
         .executable(name: "sandpit-bench", targets: ["Bench"]),
+        .executable(name: "sandpit-mcp", targets: ["MCPServer"]),
         .library(name: "CgroupKit", targets: ["CgroupKit"]),
         .library(name: "Sandbox", targets: ["Sandbox"]),
     ],
@@ -68,11 +69,21 @@ let package = Package(
             ],
             plugins: ["OpenAPIEmbed"]
         ),
+        // `sandpit-mcp`: the MCP server (a binary of its own: the SDK links libcurl).
+        .executableTarget(
+            name: "MCPServer",
+            dependencies: [
+                "Sandbox", "Service",
+                .product(name: "MCP", package: "swift-sdk"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Sources/MCPServer"
+        ),
         .executableTarget(
             name: "Runner",
             dependencies: [
                 "Sandbox", "CgroupKit", "Service",
-                .product(name: "MCP", package: "swift-sdk"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Sandbox
+import Service
 
 /// `sandpit session new|exec|ls|rm|cp`: the sessions API of a running `sandpit serve`.
 struct SessionCommand: AsyncParsableCommand {
@@ -33,12 +34,6 @@ struct SessionCommand: AsyncParsableCommand {
         }
     }
 
-    /// A path segment for the URL (the id or name, a file path's parts).
-    static func escape(_ s: String) -> String {
-        var allowed = CharacterSet.urlPathAllowed
-        allowed.remove("/")
-        return s.addingPercentEncoding(withAllowedCharacters: allowed) ?? s
-    }
 
     struct New: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Make a session; prints its id.")
@@ -85,7 +80,7 @@ struct SessionCommand: AsyncParsableCommand {
             }
             var body: [String: Any] = ["code": program]
             if let timeLimit { body["time_limit"] = timeLimit }
-            let answer = try await connection.call("POST", "/sessions/\(SessionCommand.escape(session))/execute",
+            let answer = try await connection.call("POST", "/sessions/\(Remote.segment(session))/execute",
                                                    body: Array(try JSONSerialization.data(withJSONObject: body)))
             let result = try JSONDecoder().decode(ExecutionResult.self, from: Data(answer))
             if json {
@@ -138,7 +133,7 @@ struct SessionCommand: AsyncParsableCommand {
         @Argument(help: "Ids or names.") var sessions: [String]
 
         func run() async throws {
-            for s in sessions { _ = try await connection.call("DELETE", "/sessions/\(SessionCommand.escape(s))") }
+            for s in sessions { _ = try await connection.call("DELETE", "/sessions/\(Remote.segment(s))") }
         }
     }
 
@@ -154,17 +149,13 @@ struct SessionCommand: AsyncParsableCommand {
             return (String(s[..<colon]), String(s[s.index(after: colon)...]))
         }
 
-        static func url(_ session: String, _ path: String) -> String {
-            "/sessions/\(SessionCommand.escape(session))/files/" + path.split(separator: "/").map { SessionCommand.escape(String($0)) }.joined(separator: "/")
-        }
-
         func run() async throws {
             switch (Self.remote(source), Self.remote(destination)) {
             case (nil, let (session, path)?):
                 guard let data = FileManager.default.contents(atPath: source) else { throw ValidationError("cannot read \(source)") }
-                _ = try await connection.call("PUT", Self.url(session, path), body: Array(data), contentType: "application/octet-stream", expect: [201])
+                _ = try await connection.call("PUT", Remote.fileURL(session, path), body: Array(data), contentType: "application/octet-stream", expect: [201])
             case (let (session, path)?, nil):
-                let bytes = try await connection.call("GET", Self.url(session, path))
+                let bytes = try await connection.call("GET", Remote.fileURL(session, path))
                 guard FileManager.default.createFile(atPath: destination, contents: Data(bytes)) else {
                     throw ValidationError("cannot write \(destination)")
                 }

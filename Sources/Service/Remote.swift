@@ -1,23 +1,33 @@
-import ArgumentParser
 import Foundation
 import Sandbox
-import Service
 
 /// `sandpit run --server`: one POST /execute to a running service, over its unix socket
 /// (`unix:/var/lib/sandpit/sandpit.sock`) or TCP (`http://127.0.0.1:8787`), with
 /// `Connection: close`. Blocking I/O on a thread of its own.
-enum Remote {
-    struct Failure: Error, CustomStringConvertible {
-        let description: String
+public enum Remote {
+    /// A path segment for a URL (a session's id or name, a file path's parts).
+    public static func segment(_ s: String) -> String {
+        var allowed = CharacterSet.urlPathAllowed
+        allowed.remove("/")
+        return s.addingPercentEncoding(withAllowedCharacters: allowed) ?? s
+    }
+
+    /// `/sessions/{session}/files/{path}`, each part escaped.
+    public static func fileURL(_ session: String, _ path: String) -> String {
+        "/sessions/\(segment(session))/files/" + path.split(separator: "/").map { segment(String($0)) }.joined(separator: "/")
+    }
+
+    public struct Failure: Error, CustomStringConvertible {
+        public let description: String
     }
 
     /// The answer's status code and body.
-    static func post(server: String, path: String, body: [UInt8], token: String?) async throws -> (Int, [UInt8]) {
+    public static func post(server: String, path: String, body: [UInt8], token: String?) async throws -> (Int, [UInt8]) {
         try await request(server: server, method: "POST", path: path, body: body, token: token)
     }
 
     /// Any request; `contentType` is the body's.
-    static func request(server: String, method: String, path: String, body: [UInt8] = [], contentType: String = "application/json",
+    public static func request(server: String, method: String, path: String, body: [UInt8] = [], contentType: String = "application/json",
                         token: String?) async throws -> (Int, [UInt8]) {
         try await withCheckedThrowingContinuation { (c: CheckedContinuation<(Int, [UInt8]), any Error>) in
             let t = Thread {
