@@ -34,6 +34,16 @@ enum ConfinedPath {
         return parts
     }
 
+    /// `components` for a lookup: a path that cannot name anything under /work (`..`, a
+    /// component too long) is not found rather than invalid — nothing is there to read.
+    static func lookup(_ path: String, allowEmpty: Bool) throws(SessionError) -> [String] {
+        do {
+            return try components(path, allowEmpty: allowEmpty)
+        } catch {
+            throw SessionError(.notFound, "no such file under /work: \(error.what)")
+        }
+    }
+
     /// The directory `parts` under /work, opened without following any symlink;
     /// missing directories are made (owned by the sandbox user) when `create`.
     static func openDirectory(_ root: Int32, _ parts: [String], create: Bool, uid: UInt32, gid: UInt32) throws(SessionError) -> Int32 {
@@ -128,7 +138,7 @@ extension Scratch {
     }
 
     func readFile(_ path: String, maxBytes: Int) throws(SessionError) -> [UInt8] {
-        let parts = try ConfinedPath.components(path, allowEmpty: false)
+        let parts = try ConfinedPath.lookup(path, allowEmpty: false)
         let dir = try ConfinedPath.openDirectory(rootFD, Array(parts.dropLast()), create: false, uid: 0, gid: 0)
         defer { Glibc.close(dir) }
         let fd = openat(dir, parts.last!, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)
@@ -155,7 +165,7 @@ extension Scratch {
     }
 
     func listFiles(_ dir: String, limit: Int = 10_000) throws(SessionError) -> [SessionFileEntry] {
-        let parts = try ConfinedPath.components(dir, allowEmpty: true)
+        let parts = try ConfinedPath.lookup(dir, allowEmpty: true)
         let fd = try ConfinedPath.openDirectory(rootFD, parts, create: false, uid: 0, gid: 0)
         guard let d = fdopendir(fd) else {
             Glibc.close(fd)

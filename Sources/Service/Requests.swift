@@ -52,6 +52,17 @@ struct ExecuteBody: Decodable {
 
     static func invalid(_ detail: String) -> APIError { APIError(.badRequest, "invalid_request", detail) }
 
+    /// A request file's path as the schema allows it: `[A-Za-z0-9_][A-Za-z0-9_.-]*`
+    /// components joined by `/`, at most 255 characters (so no `.` or `..`).
+    static func isPlainPath(_ p: String) -> Bool {
+        guard !p.isEmpty, p.utf8.count <= 255 else { return false }
+        return p.split(separator: "/", omittingEmptySubsequences: false).allSatisfy { c in
+            guard let first = c.utf8.first else { return false }
+            func ok(_ b: UInt8) -> Bool { (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5A) || (b >= 0x61 && b <= 0x7A) || b == 0x5F }
+            return ok(first) && c.utf8.allSatisfy { ok($0) || $0 == 0x2E || $0 == 0x2D }
+        }
+    }
+
     init(from decoder: any Decoder) throws {
         guard let c = try? decoder.container(keyedBy: AnyKey.self) else {
             let kind = try decoder.singleValueContainer().decode(JSONKind.self)
@@ -121,6 +132,9 @@ struct ExecuteBody: Decodable {
                 throw Self.invalid("'files': the value of '\(k.prefix(80))' must be a base64 string, not \(kind.rawValue)")
             }
             for (path, b64) in try c.decode([String: String].self, forKey: AnyKey("files")).sorted(by: { $0.key < $1.key }) {
+                guard Self.isPlainPath(path) else {
+                    throw Self.invalid("'files': '\(path.prefix(80))': paths are components of letters, digits, _ . - (not starting with a dot) joined by /, at most 255 characters")
+                }
                 let clean: String
                 do { clean = try ExecutionRequest.checkFilePath(path) } catch {
                     throw Self.invalid("'files': '\(path.prefix(80))': \(error.what)")

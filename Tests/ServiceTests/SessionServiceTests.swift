@@ -262,7 +262,7 @@ struct SessionServiceTests {
             #expect(r["files_truncated"] as? Bool == false)
             let plain = Self.check(try await client.post("/execute", #"{"code": "print(1)"}"#), "/execute", "post")
             #expect((plain["files"] as? [String: Any])?.isEmpty == true)
-            for (body, why) in [(#"{"code": "1", "files": {"../x": "YQ=="}}"#, "'..'"), (#"{"code": "1", "files": {"main.py": "YQ=="}}"#, "program"),
+            for (body, why) in [(#"{"code": "1", "files": {"../x": "YQ=="}}"#, "components"), (#"{"code": "1", "files": {"main.py": "YQ=="}}"#, "program"),
                                 (#"{"code": "1", "files": {"a": "%%%"}}"#, "base64"), (#"{"code": "1", "files": {"a": 1}}"#, "base64 string"),
                                 (#"{"code": "1", "return_files": "*"}"#, "array")] {
                 let e = try await client.post("/execute", body)
