@@ -28,13 +28,7 @@ struct RemoteBackend: MCPBackend {
 
     func call(_ method: String, _ path: String, body: [UInt8] = [], contentType: String = "application/json",
               expect: Set<Int> = [200]) async throws -> [UInt8] {
-        let (status, answer) = try await Remote.request(server: server, method: method, path: path, body: body,
-                                                       contentType: contentType, token: token)
-        guard expect.contains(status) else {
-            let obj = try? JSONSerialization.jsonObject(with: Data(answer)) as? [String: Any]
-            throw ToolFailure(description: "the service answered \(status): \((obj?["detail"] as? String) ?? String(decoding: answer.prefix(300), as: UTF8.self))")
-        }
-        return answer
+        try await Remote.call(server: server, method: method, path: path, body: body, contentType: contentType, expect: expect, token: token)
     }
 
     func json(_ o: [String: Any]) throws -> [UInt8] { Array(try JSONSerialization.data(withJSONObject: o)) }

@@ -126,12 +126,12 @@ struct Run: AsyncParsableCommand {
     /// `--server`: the run through the service; the same output, table and exit status.
     func runRemote(_ server: String, program: String, stdinBytes: [UInt8]?) async throws -> Never {
         let token = ProcessInfo.processInfo.environment["SANDPIT_TOKEN"]
-        let (status, body) = try await Remote.post(server: server, path: "/execute",
-                                                   body: try remoteBody(program: program, stdinBytes: stdinBytes), token: token)
-        guard status == 200 else {
-            let obj = try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any]
-            let detail = (obj?["detail"] as? String) ?? String(decoding: body.prefix(500), as: UTF8.self)
-            FileHandle.standardError.write(Data("sandpit: the service answered \(status): \(detail)\n".utf8))
+        let body: [UInt8]
+        do {
+            body = try await Remote.call(server: server, method: "POST", path: "/execute",
+                                         body: try remoteBody(program: program, stdinBytes: stdinBytes), token: token)
+        } catch let r as Remote.Refused {
+            FileHandle.standardError.write(Data("sandpit: \(r.description)\n".utf8))
             throw ExitCode(125)
         }
         let result = try JSONDecoder().decode(ExecutionResult.self, from: Data(body))

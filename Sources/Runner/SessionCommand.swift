@@ -17,16 +17,13 @@ struct SessionCommand: AsyncParsableCommand {
         /// The answer, or exit 125 with the service's reason.
         func call(_ method: String, _ path: String, body: [UInt8] = [], contentType: String = "application/json",
                   expect: Set<Int> = [200]) async throws -> [UInt8] {
-            let token = ProcessInfo.processInfo.environment["SANDPIT_TOKEN"]
-            let (status, answer) = try await Remote.request(server: server, method: method, path: path, body: body,
-                                                           contentType: contentType, token: token)
-            guard expect.contains(status) else {
-                let obj = try? JSONSerialization.jsonObject(with: Data(answer)) as? [String: Any]
-                let detail = (obj?["detail"] as? String) ?? String(decoding: answer.prefix(500), as: UTF8.self)
-                FileHandle.standardError.write(Data("sandpit: the service answered \(status): \(detail)\n".utf8))
+            do {
+                return try await Remote.call(server: server, method: method, path: path, body: body, contentType: contentType,
+                                             expect: expect, token: ProcessInfo.processInfo.environment["SANDPIT_TOKEN"])
+            } catch let f as Remote.Refused {
+                FileHandle.standardError.write(Data("sandpit: \(f.description)\n".utf8))
                 throw ExitCode(125)
             }
-            return answer
         }
 
         func object(_ bytes: [UInt8]) -> [String: Any] {

@@ -72,7 +72,64 @@ final class ScratchPrep: @unchecked Sendable {
 /// One run from cgroup creation to teardown. Lives on one dedicated thread; the only
 /// thing other threads do with it is `stop(reason:)`, which goes through `stopState`.
 final class Execution: @unchecked Sendable {
-    enum KillReason: Hashable { case wallTime, cpuTime, output, memoryThrash, stopped, cancelled }
+    enum KillReason: Hashable {
+        case wallTime, cpuTime, output, memoryThrash, stopped, cancelled
+
+        /// The name a `limit` event gives it.
+        var eventName: String {
+            switch self {
+            case .wallTime: "wall_time"
+            case .cpuTime: "cpu_time"
+            case .output: "output"
+            case .memoryThrash: "memory"
+            case .stopped: "stopped"
+            case .cancelled: "cancelled"
+            }
+        }
+
+        /// What the status classification sees; `reason` is why it was stopped or cancelled.
+        func observed(reason: String?) -> RunObservation.Kill {
+            switch self {
+            case .wallTime: .wallTime
+            case .cpuTime: .cpuTime
+            case .output: .output
+            case .memoryThrash: .memoryThrash
+            case .stopped: .stopped(reason ?? "the sandbox was stopped")
+            case .cancelled: .cancelled(reason ?? "cancelled by a client")
+            }
+        }
+    }
+
+    /// A group pinned at its memory limit whose pages the kernel keeps reclaiming (clean
+    /// file pages re-read over and over) may thrash for a long time before the OOM killer
+    /// acts: at the limit and still hitting it for a whole second, it is ended with
+    /// status memory_limit.
+    struct ThrashWatch {
+        var lastHits: UInt64 = 0
+        var since: Int64?
+
+        /// Takes a reading of the limit-hit counter and the charge; true once thrashing
+        /// has lasted a second.
+        mutating func thrashing(hits: UInt64, current: UInt64, limit: UInt64, now: Int64) -> Bool {
+            defer { lastHits = hits }
+            guard hits > lastHits && current + (2 << 20) >= limit else {
+                since = nil
+                return false
+            }
+            if let s = since { return now - s >= 1_000_000_000 }
+            since = now
+            return false
+        }
+    }
+
+    /// /proc/net/dev of the run's network namespace, read through the descriptor kept
+    /// since the launch (when the init is gone and /proc/<init>/net with it).
+    func netDevInNamespace() -> StatParse.NetDevCounters? {
+        guard nsfd.isValid else { return nil }
+        var buf = [CChar](repeating: 0, count: 16384)
+        let n = sp_read_netdev_in_ns(nsfd.raw, &buf, buf.count - 1)
+        return n > 0 ? StatParse.netDev(String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)) : nil
+    }
 
     let sandbox: Sandbox
     let request: ExecutionRequest

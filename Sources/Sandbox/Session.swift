@@ -466,11 +466,7 @@ public final class Session: @unchecked Sendable {
         }
         snap.io = io.map { ($0.readBytes, $0.writeBytes, $0.cancelledWriteBytes) }
         snap.net = SysFile.read("/proc/\(initPid)/net/dev").flatMap(StatParse.netDev)
-        if snap.net == nil && ip.execution.nsfd.isValid {
-            var buf = [CChar](repeating: 0, count: 16384)
-            let n = sp_read_netdev_in_ns(ip.execution.nsfd.raw, &buf, buf.count - 1)
-            if n > 0 { snap.net = StatParse.netDev(String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)) }
-        }
+        if snap.net == nil { snap.net = ip.execution.netDevInNamespace() }
         return snap
     }
 
@@ -541,12 +537,10 @@ public final class Session: @unchecked Sendable {
             _ = epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev)
         }
         var wantOut = false
-        let names: [Execution.KillReason: String] = [.wallTime: "wall_time", .cpuTime: "cpu_time", .output: "output",
-                                                     .memoryThrash: "memory", .stopped: "stopped", .cancelled: "cancelled"]
         func interrupt(_ why: Execution.KillReason) {
             guard killed == nil else { return }
             killed = why
-            events?.emit(.limitHit(names[why] ?? "stopped"))
+            events?.emit(.limitHit(why.eventName))
             sigintAt = monotonicNanos()
             _ = sp_pidfd_send_signal(ip.pidfd.raw, SIGINT)
         }
@@ -583,8 +577,7 @@ public final class Session: @unchecked Sendable {
         var cancelReason: String?
         var ready = [epoll_event](repeating: epoll_event(), count: 8)
         var nextSample = t0
-        var lastHits = monitor.memoryLimitHits() ?? 0
-        var thrashSince: Int64?
+        var thrash = Execution.ThrashWatch(lastHits: monitor.memoryLimitHits() ?? 0)
         while reply == nil && !died {
             let now = monotonicNanos()
             if killed == nil, e.stopReason != nil {
@@ -607,19 +600,12 @@ public final class Session: @unchecked Sendable {
                 // Pinned at the memory limit and still hitting it for a second (the kernel
                 // reclaiming the same pages over and over instead of an OOM kill): as for a
                 // run, the execution ends with memory_limit — here with its interpreter.
-                if let hits = monitor.memoryLimitHits() {
-                    if hits > lastHits && (current ?? 0) + (2 << 20) >= lim.memoryBytes {
-                        if let since = thrashSince, now - since >= 1_000_000_000 {
-                            killed = .memoryThrash
-                            killedHard = true
-                            died = true
-                            break
-                        }
-                        if thrashSince == nil { thrashSince = now }
-                    } else {
-                        thrashSince = nil
-                    }
-                    lastHits = hits
+                if let hits = monitor.memoryLimitHits(),
+                   thrash.thrashing(hits: hits, current: current ?? 0, limit: lim.memoryBytes, now: now) {
+                    killed = .memoryThrash
+                    killedHard = true
+                    died = true
+                    break
                 }
             }
             if let s = sigintAt, now >= s + graceNs {
@@ -697,15 +683,7 @@ public final class Session: @unchecked Sendable {
         seen.waitStatus = waitStatus
         seen.oomKills = (after.memory.oomKills ?? 0) - min(after.memory.oomKills ?? 0, before.cgroup.memory.oomKills ?? 0)
         if let p = protocolError { seen.setupFailure = "the session's agent broke its protocol: \(p)" }
-        switch killed {
-        case .wallTime?: seen.killed = .wallTime
-        case .cpuTime?: seen.killed = .cpuTime
-        case .output?: seen.killed = .output
-        case .memoryThrash?: seen.killed = .memoryThrash
-        case .cancelled?: seen.killed = .cancelled(cancelReason ?? "cancelled by a client")
-        case .stopped?: seen.killed = .stopped(e.stopReason ?? "the session was closed")
-        default: break
-        }
+        seen.killed = killed?.observed(reason: killed == .cancelled ? cancelReason : (e.stopReason ?? "the session was closed"))
         RunOutcome.classify(seen, limits: lim, into: &result)
         if let r = reply {
             if let x = r["exception"], x != .null { result.exception = x.text }

@@ -67,12 +67,7 @@ extension Execution {
         }
         // CPU, memory and tasks while the run goes on, from CgroupKit's kept-open files.
         let monitor = backend.monitor(run)
-        // A group pinned at its memory limit whose pages the kernel keeps reclaiming
-        // (clean file pages re-read over and over) may thrash for a long time before
-        // the OOM killer acts. At the limit and still hitting it for a whole second →
-        // the run is stopped with status memory_limit.
-        var lastHits: UInt64 = 0
-        var thrashSince: Int64?
+        var thrash = ThrashWatch()
         let ncpu = Int64(onlineCPUs)
         let wallNs = Int64(lim.wallSeconds * 1e9)
         let cpuLimitUsec = UInt64(lim.cpuSeconds * 1e6)
@@ -93,11 +88,7 @@ extension Execution {
         func kill(_ reason: KillReason) {
             guard killed == nil else { return }
             killed = reason
-            if let watchers {
-                let names: [KillReason: String] = [.wallTime: "wall_time", .cpuTime: "cpu_time", .output: "output",
-                                                   .memoryThrash: "memory", .stopped: "stopped", .cancelled: "cancelled"]
-                watchers.emit(.limitHit(names[reason] ?? "stopped"))
-            }
+            watchers?.emit(.limitHit(reason.eventName))
             killNs = monotonicNanos()
             _ = sp_pidfd_send_signal(pidfd, SIGKILL)  // init's death ends the whole pid namespace
             try? backend.kill(run)
@@ -142,18 +133,9 @@ extension Execution {
                         // The group cannot use the remainder faster than on every CPU at once.
                         nextCPUCheck = now + min(100_000_000, max(1_000_000, Int64(cpuLimitUsec - used) * 1000 / ncpu))
                     }
-                    if let hits = monitor.memoryLimitHits() {
-                        let current = monitor.memoryCurrentBytes() ?? 0
-                        if hits > lastHits && current + (2 << 20) >= lim.memoryBytes {
-                            if let since = thrashSince {
-                                if now - since >= 1_000_000_000 { kill(.memoryThrash) }
-                            } else {
-                                thrashSince = now
-                            }
-                        } else {
-                            thrashSince = nil
-                        }
-                        lastHits = hits
+                    if let hits = monitor.memoryLimitHits(),
+                       thrash.thrashing(hits: hits, current: monitor.memoryCurrentBytes() ?? 0, limit: lim.memoryBytes, now: now) {
+                        kill(.memoryThrash)
                     }
                     if let v = monitor.pidsCurrent() { maxTasks = max(maxTasks, v) }
                 }
@@ -210,11 +192,7 @@ extension Execution {
         if initExited { _ = sp_pidfd_wait(pidfd, WNOWAIT, &code, &st) }
         let io = SysFile.read("/proc/\(pid)/io").flatMap(StatParse.procIO)
         var net = initExited ? nil : SysFile.read("/proc/\(pid)/net/dev").flatMap(StatParse.netDev)
-        if net == nil && nsfd.isValid {
-            var buf = [CChar](repeating: 0, count: 16384)
-            let n = sp_read_netdev_in_ns(nsfd.raw, &buf, buf.count - 1)
-            if n > 0 { net = StatParse.netDev(String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)) }
-        }
+        if net == nil { net = netDevInNamespace() }
         if !initExited, let n = net, n.isQuiet {
             // (a lingering IPv6 flow label is the one thing a run can leave without traffic)
             let labels = SysFile.read("/proc/\(pid)/net/ip6_flowlabel") ?? ""
@@ -251,15 +229,7 @@ extension Execution {
         } else if let f = execFailure {
             seen.setupFailure = "sandbox setup failed at \(Self.stageName(f.stage, detail: 0)): \(String(cString: strerror(f.err)))"
         }
-        switch killed {
-        case .wallTime?: seen.killed = .wallTime
-        case .cpuTime?: seen.killed = .cpuTime
-        case .output?: seen.killed = .output
-        case .memoryThrash?: seen.killed = .memoryThrash
-        case .stopped?: seen.killed = .stopped(stopReason ?? "the sandbox was stopped")
-        case .cancelled?: seen.killed = .cancelled(stopReason ?? "cancelled by a client")
-        case nil: break
-        }
+        seen.killed = killed?.observed(reason: stopReason)
         RunOutcome.classify(seen, limits: lim, into: &result)
 
         // Metrics: CPU and memory from the run cgroup, I/O from the run's task accounting.

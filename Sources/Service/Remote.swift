@@ -21,9 +21,23 @@ public enum Remote {
         public let description: String
     }
 
-    /// The answer's status code and body.
-    public static func post(server: String, path: String, body: [UInt8], token: String?) async throws -> (Int, [UInt8]) {
-        try await request(server: server, method: "POST", path: path, body: body, token: token)
+    /// An answer with a status the caller did not expect: the status and the service's
+    /// reason (its `detail`).
+    public struct Refused: Error, CustomStringConvertible {
+        public let description: String
+    }
+
+    /// The body of an answer whose status is in `expect`; any other throws `Refused`.
+    public static func call(server: String, method: String, path: String, body: [UInt8] = [],
+                            contentType: String = "application/json", expect: Set<Int> = [200], token: String?) async throws -> [UInt8] {
+        let (status, answer) = try await request(server: server, method: method, path: path, body: body,
+                                                 contentType: contentType, token: token)
+        guard expect.contains(status) else {
+            let obj = try? JSONSerialization.jsonObject(with: Data(answer)) as? [String: Any]
+            let detail = (obj?["detail"] as? String) ?? String(decoding: answer.prefix(500), as: UTF8.self)
+            throw Refused(description: "the service answered \(status): \(detail)")
+        }
+        return answer
     }
 
     /// Any request; `contentType` is the body's.
