@@ -47,9 +47,10 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        // Build tool: openapi.json → a Swift constant (the document exists once, in the repo).
-        .executableTarget(name: "EmbedOpenAPI", path: "Sources/EmbedOpenAPI"),
-        .plugin(name: "OpenAPIEmbed", capability: .buildTool(), dependencies: ["EmbedOpenAPI"]),
+        // Build tool: openapi.json and the dashboard (ui/) → Swift constants (each exists
+        // once, in the repo; the binary needs no files at run time).
+        .executableTarget(name: "EmbedAssets", path: "Sources/EmbedAssets"),
+        .plugin(name: "AssetEmbed", capability: .buildTool(), dependencies: ["EmbedAssets"]),
         // The HTTP API and the execution log.
         .target(
             name: "Service",
@@ -67,7 +68,7 @@ let package = Package(
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "Logging", package: "swift-log"),
             ],
-            plugins: ["OpenAPIEmbed"]
+            plugins: ["AssetEmbed"]
         ),
         // `sandpit-mcp`: the MCP server (a binary of its own: the SDK links libcurl).
         .executableTarget(

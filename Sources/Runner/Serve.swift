@@ -137,6 +137,7 @@ struct Serve: AsyncParsableCommand {
                 SystemdNotify.send("STOPPING=1")
                 Task { [group, svc, logger] in
                     await svc.admission.drain()
+                    svc.live.closeWatchers()
                     await group.triggerGracefulShutdown()
                     let deadline = ContinuousClock.now + .seconds(grace)
                     while svc.sandbox.activeCount > 0 && ContinuousClock.now < deadline {
@@ -152,6 +153,8 @@ struct Serve: AsyncParsableCommand {
             return src
         }
         logger.info("sandpit serve on \(config.host):\(config.port)\(socketPath.map { " and unix:\($0)" } ?? ""), log \(config.databasePath), \(config.maxConcurrency) slots, queue \(config.queueSize)")
+        let shownHost = config.host.contains(":") ? "[\(config.host)]" : config.host
+        logger.info("dashboard: http://\(shownHost):\(config.port)/ui/\((config.token ?? "").isEmpty ? "" : " (sign in with the API token)")")
         try await group.run()
         await svc.close()
         await svc.sandbox.quiesce()

@@ -11,6 +11,8 @@ public func buildRouter(_ svc: ServiceContext) -> Router<BasicRequestContext> {
     LiveController(svc: svc).addRoutes(to: router)
     SessionController(svc: svc).addRoutes(to: router)
     SystemController(svc: svc).addRoutes(to: router)
+    ServiceEventsController(svc: svc).addRoutes(to: router)
+    DashboardController().addRoutes(to: router)
     return router
 }
 

@@ -65,6 +65,7 @@ public final class ServiceContext: Sendable {
 
     /// Stops the upkeep task (the service is shutting down).
     public func close() async {
+        live.closeWatchers()
         let tasks: [Task<Void, Never>?] = [maintenance.withLock { t in defer { t = nil }; return t },
                      reaper.withLock { t in defer { t = nil }; return t }]
         for task in tasks {

@@ -63,7 +63,8 @@ struct ExecuteController: Sendable {
         do {
             let rowID = try await svc.log.begin(code: req.code, name: req.name, containerID: id, labels: labels,
                                                 queuedAt: queuedAt, startedAt: startedAt)
-            let run = LiveRun(rowID: rowID, containerID: id, request: req, startedAt: startedAt, recordsSamples: recordsSamples)
+            let run = LiveRun(rowID: rowID, containerID: id, request: req, startedAt: startedAt, recordsSamples: recordsSamples,
+                              labels: labels)
             svc.live.add(run)
             return run
         } catch {
@@ -98,7 +99,7 @@ struct ExecuteController: Sendable {
             // log's upkeep once the database can be written again.
             svc.logger.error("run \(run.containerID) (row \(run.rowID)): result not logged yet (retried by the upkeep): \(error)")
         }
-        svc.live.remove(run.rowID)
+        svc.live.remove(run.rowID, result: result)
         if svc.logger.logLevel <= .debug {
             let t3 = ContinuousClock.now
             func ms(_ d: Duration) -> String { String(format: "%.2f", Double(d.components.attoseconds) / 1e15 + Double(d.components.seconds) * 1e3) }
@@ -367,6 +368,9 @@ struct SystemController: Sendable {
                 "cgroup_version": backend?.version.rawValue ?? NSNull(),
                 "in_flight": await svc.admission.inFlight,
                 "queued": await svc.admission.queued,
+                "max_concurrency": svc.config.maxConcurrency,
+                "queue_size": svc.config.queueSize,
+                "token_required": !(svc.config.token ?? "").isEmpty,
                 "warm": svc.sandbox.warmStatus.map { t -> [String: Any] in
                     ["modules": t.modules, "ready": t.ready, "pid": t.pid.map { Int($0) as Any } ?? NSNull(),
                      "memory_shared": t.memoryShared.map { Int($0) as Any } ?? NSNull(),

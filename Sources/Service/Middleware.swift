@@ -1,12 +1,14 @@
 import HTTPTypes
 import Hummingbird
 
-/// Requires `Authorization: Bearer <token>` on every route but /health.
+/// Requires `Authorization: Bearer <token>` on every route but /health and the
+/// dashboard's files (`/`, `/ui/...`: they hold no data; its script sends the token).
 struct TokenMiddleware<Context: RequestContext>: RouterMiddleware {
     let token: String
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
-        if request.uri.path == "/health" { return try await next(request, context) }
+        let path = request.uri.path
+        if path == "/health" || path == "/" || path == "/ui" || path.hasPrefix("/ui/") { return try await next(request, context) }
         let given = request.headers[.authorization] ?? ""
         let expected = "Bearer " + token
         // constant-time comparison
@@ -29,10 +31,11 @@ struct MethodMiddleware<Context: RequestContext>: RouterMiddleware {
         case "/execute": "POST"
         case "/sessions": "GET, HEAD, POST"
         case "/executions", "/executions/stats", "/executions/trends", "/executions/regressions", "/health", "/metrics",
-             "/openapi.json": "GET, HEAD"
+             "/openapi.json", "/events", "/", "/ui", "/ui/": "GET, HEAD"
         default:
             if path.hasPrefix("/executions/") && !path.dropFirst(12).contains("/") { "GET, HEAD, DELETE" }
             else if path.hasPrefix("/executions/") && (path.hasSuffix("/events") || path.hasSuffix("/samples") || path.hasSuffix("/custom-metrics")) && path.split(separator: "/").count == 3 { "GET, HEAD" }
+            else if DashboardController.isPage(path) { "GET, HEAD" }
             else if path.hasPrefix("/sessions/") { sessionAllowed(path.split(separator: "/", omittingEmptySubsequences: false).dropFirst(2)) }
             else { nil }
         }

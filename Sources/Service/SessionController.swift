@@ -263,7 +263,8 @@ struct SessionController: Sendable {
         }
         var req = ExecutionRequest(code: code)
         req.name = e.name
-        let run = LiveRun(rowID: rowID, containerID: e.session.id, request: req, startedAt: queuedAt, recordsSamples: false)
+        let run = LiveRun(rowID: rowID, containerID: e.session.id, request: req, startedAt: queuedAt, recordsSamples: false,
+                          labels: e.labels, sessionID: e.session.id)
         svc.live.add(run)
         /// The execution, its row completed, everything released.
         @Sendable func work() async -> Result<ExecutionResult, SessionError> {
@@ -288,7 +289,7 @@ struct SessionController: Sendable {
             } catch {
                 svc.logger.error("session \(e.session.id) execution (row \(rowID)): not logged yet: \(error)")
             }
-            svc.live.remove(rowID)
+            svc.live.remove(rowID, result: logged)
             await svc.admission.release()
             if case .success(let r) = outcome { svc.metrics.finished(r) }
             await release()
