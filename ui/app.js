@@ -495,7 +495,8 @@ function lineChart(series, opts) {
   y1 *= 1.05;
   const X = (x) => L + (x - x0) / (x1 - x0) * (W - L - R);
   const Y = (y) => T + (1 - y / y1) * (H - T - B);
-  const yFmt = (v) => opts.unit === "bytes" ? fmt.bytes(v) : opts.unit === "percent" ? fmt.pct(v) : opts.unit === "seconds" ? fmt.secs(v) : fmt.number(v);
+  const yFmt = (v) => opts.unit === "bytes" ? fmt.bytes(v) : opts.unit === "percent" ? fmt.pct(v) : opts.unit === "seconds" ? fmt.secs(v)
+    : opts.unit === "count" ? fmt.count(Math.round(v * 10) / 10) : fmt.number(v);
   const xFmt = (v) => opts.xUnit === "time" ? new Date(v).toLocaleString(undefined, {month: "short", day: "numeric", hour: "2-digit", minute: "2-digit"}) : fmt.secs(v);
   const svg = s("svg", {class: "plot", viewBox: `0 0 ${W} ${H}`, role: "img",
     "aria-label": `${opts.title}: ${series.map((sr) => `${sr.name} ${sr.points.length} points, last ${sr.points.length ? yFmt(sr.points[sr.points.length - 1][1]) : "none"}, max ${sr.points.length ? yFmt(Math.max(...sr.points.map((p) => p[1]))) : "none"}`).join("; ")}`});
@@ -579,7 +580,8 @@ class RunCharts {
     const names = [...new Set(this.points.map((p) => p.name))];
     for (const n of names) {
       const pts = this.points.filter((p) => p.name === n);
-      const unit = pts[0].unit;
+      // (stored points may leave the unit to the row's custom_metrics)
+      const unit = pts.map((p) => p.unit).find(Boolean) || ((this.units || {})[n] || {}).unit;
       charts.push(lineChart([{name: n, points: pts.map((p) => [p.t, p.value])}], {title: `${n}${unit ? " (" + unit + ")" : ""}`, id: "custom-" + n, unit: unit === "bytes" ? "bytes" : unit === "s" ? "seconds" : "number"}));
     }
     this.container.replaceChildren(...charts);
@@ -641,6 +643,7 @@ async function runPage(scope, id) {
     h("h2", {}, "Output"), output, h("h2", {}, "Error"), errorBox,
     h("h2", {}, "Code"), h("pre", {id: "code"}, r.code || ""), h("h2", {}, "Fields"), fieldsBox);
   const charts = new RunCharts(chartBox, r.memory_limit);
+  charts.units = r.custom_metrics;
   if (r.status !== "running") {
     const [samples, points] = await Promise.all([
       api(`/executions/${id}/samples`, {signal: scope.signal}), api(`/executions/${id}/custom-metrics`, {signal: scope.signal})]);
@@ -680,6 +683,7 @@ async function runPage(scope, id) {
   errorBox.hidden = !r.error;
   richBox.replaceChildren(...richResults(r));
   charts.memoryLimit = r.memory_limit;
+  charts.units = r.custom_metrics;
   charts.render();
 }
 
@@ -776,6 +780,9 @@ async function trendsPage(scope) {
     h("label", {}, "or custom metric", h("input", {name: "custom", value: custom, placeholder: "name the runs report", size: 14})),
     h("label", {}, "Bucket", h("select", {name: "bucket"}, ["1m", "1h", "1d"].map((b) => h("option", {value: b, selected: b === bucket}, b)))),
     h("label", {}, "Regressions by", h("input", {name: "by", value: params.get("by") || "", placeholder: "code_sha256 or label.KEY", size: 16})),
+    h("label", {}, "recent runs", h("input", {name: "window", type: "number", min: 5, max: 1000, value: params.get("window") || "", placeholder: "20", size: 5})),
+    h("label", {}, "baseline runs", h("input", {name: "baseline", type: "number", min: 5, max: 10000, value: params.get("baseline") || "", placeholder: "80", size: 5})),
+    h("label", {}, "α", h("input", {name: "alpha", type: "number", min: "0.000001", max: "0.5", step: "any", value: params.get("alpha") || "", placeholder: "0.001", size: 6})),
   ];
   const form = filterForm(params, extra, (q) => navigate("/ui/trends?" + q));
   const chartBox = h("div", {class: "charts"});
@@ -788,7 +795,7 @@ async function trendsPage(scope) {
   const tq = new URLSearchParams(q);
   tq.set("bucket", bucket);
   const rq = new URLSearchParams(q);
-  if (params.get("by")) rq.set("by", params.get("by"));
+  for (const k of ["by", "window", "baseline", "alpha"]) if (params.get(k)) rq.set(k, params.get(k));
   const [trend, reg] = await Promise.allSettled([
     api("/executions/trends?" + tq, {signal: scope.signal}), api("/executions/regressions?" + rq, {signal: scope.signal})]);
   if (trend.status === "rejected") { chartBox.append(failure(trend.reason)); }
@@ -811,7 +818,7 @@ async function trendsPage(scope) {
     `a regression is a recent median at least ${rb.min_ratio}× the baseline's, significant at α = ${rb.alpha}.`));
   if (!rb.regressions.length) { regress.append(h("p", {}, "No regressions.")); return; }
   const link = (fp) => rb.by === "code_sha256" ? `/ui/?code_sha256=${fp}` : `/ui/?labels=${encodeURIComponent(rb.by.slice(6) + "=" + fp)}`;
-  regress.append(h("div", {class: "scroll"}, h("table", {}, h("thead", {}, h("tr", {}, ["group", "baseline median", "recent median", "ratio", "p", "latest run"].map((x, i) => h("th", {class: i ? "num" : null}, x)))),
+  regress.append(h("div", {class: "scroll"}, h("table", {id: "regression-table"}, h("thead", {}, h("tr", {}, ["group", "baseline median", "recent median", "ratio", "p", "latest run"].map((x, i) => h("th", {class: i ? "num" : null}, x)))),
     h("tbody", {}, rb.regressions.map((g) => h("tr", {},
       h("td", {}, h("a", {href: link(g.fingerprint), "data-nav": true, title: g.fingerprint}, g.fingerprint.length > 16 ? g.fingerprint.slice(0, 12) + "…" : g.fingerprint)),
       h("td", {class: "num"}, num(g.baseline_median, unit)), h("td", {class: "num"}, num(g.recent_median, unit)),
