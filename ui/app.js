@@ -319,6 +319,7 @@ function renderHealth() {
 
 let serviceEvents = null;
 let serviceEventsLive = false;
+let serviceEventsLost = false;  // the stream dropped since it last opened
 const runListeners = new Set();
 
 function startServiceEvents() {
@@ -329,12 +330,18 @@ function startServiceEvents() {
     try {
       await stream("/events", {signal: controller.signal}, (name, data) => {
         for (const f of runListeners) f(name, data);
-      }, () => { serviceEventsLive = true; renderHealth(); });
+      }, () => {
+        serviceEventsLive = true;
+        renderHealth();
+        // Back after a drop: what ended meanwhile is only in the log, so pages reload.
+        if (serviceEventsLost) { serviceEventsLost = false; for (const f of runListeners) f("reconnected", null); }
+      });
       delay = 500;  // it ended cleanly (the service is stopping): reconnect soon
     } catch (e) {
       if (isAbort(e) || controller.signal.aborted) return;
     }
     serviceEventsLive = false;
+    serviceEventsLost = true;
     renderHealth();
     setTimeout(() => connect(Math.min(delay * 2, 10000)), delay);
   };
@@ -442,6 +449,7 @@ async function runsPage(scope) {
   };
   const listener = async (name, data) => {
     if (scope.closed) return;
+    if (name === "reconnected") { route(); return; }
     if (name === "run_started" && firstPage && wanted(data) && !tbody.querySelector(`tr[data-id="${data.execution_id}"]`)) {
       const row = runRow({id: data.execution_id, status: "running", container_name: data.container_name, labels: data.labels, started_at: data.started_at}, scope);
       const rows = [...tbody.children];
