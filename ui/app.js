@@ -209,8 +209,11 @@ function setPage(title, page, ...content) {
     if (a.dataset.page === page) a.setAttribute("aria-current", "page"); else a.removeAttribute("aria-current");
   }
   main.replaceChildren(...content);
-  performance.mark("sandpit:page", {detail: page});  // the page's first render (scripts/ui-check)
+  rendered(page);
 }
+
+/** Marks the moment a page shows its data (the last mark counts: scripts/bench-ui). */
+function rendered(page) { performance.mark("sandpit:page", {detail: page}); }
 
 function failure(e) {
   return h("p", {class: "error", role: "alert"}, e instanceof APIError ? `${e.message} (${e.status}${e.code ? " " + e.code : ""})` : String(e.message || e));
@@ -312,7 +315,8 @@ function renderHealth() {
         item("rejected", String(rejections), "requests refused with 429 since the service started"),
         item("alerts", String(alerts), "runs that matched an alert rule (serve --alert) since the service started", alerts > 0 ? "alerting" : null),
         item("sessions", `${hb.sessions.live}/${hb.sessions.max}`, "live sessions / serve --max-sessions"),
-        item("cgroup", hb.cgroup_version || "none", "the cgroup hierarchy runs are measured with"));
+        item("cgroup", hb.cgroup_version || "none", "the cgroup hierarchy runs are measured with"),
+        item("node", hb.node || "?", "this service's node name (serve --node-name); GET /nodes lists every node on this log"));
 }
 
 // ---- GET /events: runs starting and ending, service-wide ---------------------------
@@ -658,6 +662,7 @@ async function runPage(scope, id) {
     samples.body.samples.forEach((x) => charts.samples.push(x));
     points.body.points.forEach((p) => charts.points.push(p));
     charts.render();
+    rendered("run");
     return;
   }
   // Running: the charts and the output grow from its event stream.
@@ -819,6 +824,7 @@ async function trendsPage(scope) {
         h("tbody", {}, t.buckets.map((b) => h("tr", {}, h("td", {}, when(b.start)), h("td", {class: "num"}, b.count),
           ...["p50", "p95", "max"].map((k) => h("td", {class: "num"}, num(b[k], unit))))))))));
   }
+  rendered("trends");
   if (reg.status === "rejected") { regress.append(failure(reg.reason)); return; }
   const rb = reg.value.body;
   const unit = unitOf(metric);

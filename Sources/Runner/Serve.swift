@@ -38,6 +38,8 @@ struct Serve: AsyncParsableCommand {
     var sessionFreezeAfter: Double = 30
     @Option(name: .customLong("session-idle-timeout"), help: "Seconds a session may idle before it is ended (a request's idle_timeout wins).")
     var sessionIdleTimeout: Double = 1800
+    @Option(name: .customLong("node-name"), help: "This instance's name in the log (its rows' host, its row in GET /nodes); default: the host name.")
+    var nodeName: String?
 
     func warmSpecs() throws -> [WarmSpec] {
         do {
@@ -93,6 +95,8 @@ struct Serve: AsyncParsableCommand {
         config.maxSessions = maxSessions
         config.sessionFreezeAfter = sessionFreezeAfter
         config.sessionIdleTimeout = sessionIdleTimeout
+        if let n = nodeName, !ServiceConfig.isValidNodeName(n) { throw ValidationError("--node-name must be 1 to 64 of A-Z a-z 0-9 _ . -") }
+        config.nodeName = nodeName
         // Each connection is a descriptor: make room for the cap (up to the hard limit).
         var nofile = rlimit()
         if getrlimit(Int32(RLIMIT_NOFILE.rawValue), &nofile) == 0 {

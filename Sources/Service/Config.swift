@@ -42,6 +42,12 @@ public struct ServiceConfig: Sendable {
     public var sessionIdleTimeout: Double = 1800
     /// How often idle sessions are looked at.
     public var sessionSweepInterval: Duration = .seconds(1)
+    /// This instance's name in the log (`host` of its rows, its row of `nodes`):
+    /// `--node-name`, by default the host name.
+    public var nodeName: String?
+    /// How often this node writes its heartbeat row; a node not heard from for three
+    /// of them is not live in GET /nodes.
+    public var heartbeatInterval: Duration = .seconds(5)
 
     public init(databasePath: String) {
         self.databasePath = databasePath
@@ -54,6 +60,16 @@ public struct ServiceConfig: Sendable {
             throw APIError(.internalServerError, "config",
                            "refusing to listen on \(host) without a token (set SANDPIT_TOKEN or --token-file)")
         }
+        if let n = nodeName, !Self.isValidNodeName(n) {
+            throw APIError(.internalServerError, "config", "--node-name must be 1 to 64 of A-Z a-z 0-9 _ . -")
+        }
     }
+
+    public static func isValidNodeName(_ n: String) -> Bool {
+        !n.isEmpty && n.utf8.count <= 64 && n.utf8.allSatisfy { $0 < 128 && (Character(UnicodeScalar($0)).isLetter || Character(UnicodeScalar($0)).isNumber || "_.-".utf8.contains($0)) }
+    }
+
+    /// The name this node's rows carry.
+    public var node: String { nodeName ?? ExecutionStore.hostName() }
 }
 

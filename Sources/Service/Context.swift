@@ -19,6 +19,9 @@ public final class ServiceContext: Sendable {
     let sessions: SessionRegistry
     let maintenance = Mutex<Task<Void, Never>?>(nil)
     let reaper = Mutex<Task<Void, Never>?>(nil)
+    let heart = Mutex<Task<Void, Never>?>(nil)
+    /// When this node started (its row of `nodes`).
+    let startedAt = Date()
 
     public init(config: ServiceConfig, sandbox: Sandbox, log: any ExecutionLog, logger: Logger) {
         self.config = config
@@ -40,6 +43,25 @@ public final class ServiceContext: Sendable {
             }
         }
         reaper.withLock { $0 = task }
+    }
+
+    /// This node's row as of now.
+    func nodeRow() async -> NodeRow {
+        NodeRow(name: config.node, startedAt: startedAt, heartbeatAt: Date(), maxConcurrency: config.maxConcurrency,
+                queueSize: config.queueSize, inFlight: await admission.inFlight, queued: await admission.queued,
+                sessions: sessions.count)
+    }
+
+    /// Writes this node's heartbeat row now and every `heartbeatInterval` (a failed
+    /// write is logged and retried at the next beat).
+    func startHeartbeat() {
+        let task = Task { [self] in
+            while !Task.isCancelled {
+                do { try await log.heartbeat(await nodeRow()) } catch { logger.error("node heartbeat not written: \(error)") }
+                try? await Task.sleep(for: config.heartbeatInterval)
+            }
+        }
+        heart.withLock { $0 = task }
     }
 
     /// Live sessions (`GET /health`, tests).
@@ -67,20 +89,22 @@ public final class ServiceContext: Sendable {
     public func close() async {
         live.closeWatchers()
         let tasks: [Task<Void, Never>?] = [maintenance.withLock { t in defer { t = nil }; return t },
-                     reaper.withLock { t in defer { t = nil }; return t }]
+                     reaper.withLock { t in defer { t = nil }; return t },
+                     heart.withLock { t in defer { t = nil }; return t }]
         for task in tasks {
             task?.cancel()
             await task?.value
         }
         // Sessions end with the service: their rows say so.
         for e in sessions.closeAll() { await endSession(e, reason: "service_stopped") }
+        do { try await log.nodeStopped(name: config.node, at: Date()) } catch { logger.error("node row not marked stopped: \(error)") }
     }
 
     /// Opens the database, applies the migrations, marks runs of a crashed previous
     /// instance as interrupted and sweeps their cgroups.
     public static func open(config: ServiceConfig, logger: Logger) async throws -> ServiceContext {
         try config.validate()
-        let log: any ExecutionLog = try ExecutionStore(path: config.databasePath, outputLimit: config.logOutputLimit)
+        let log: any ExecutionLog = try ExecutionStore(path: config.databasePath, host: config.node, outputLimit: config.logOutputLimit)
         try log.prepare { logger.info("migrate: \($0)") }
         var settings = SandboxSettings(stateDirectory: config.stateDirectory)
         settings.spareCgroup = true  // `serve` and the tests call sandbox.shutdown() at the end
@@ -96,6 +120,7 @@ public final class ServiceContext: Sendable {
         let svc = ServiceContext(config: config, sandbox: sandbox, log: log, logger: logger)
         svc.startMaintenance()
         svc.startSessionReaper()
+        svc.startHeartbeat()
         return svc
     }
 }

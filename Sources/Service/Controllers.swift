@@ -377,6 +377,7 @@ struct SystemController: Sendable {
                      "launches": t.launches, "restarts": t.restarts, "last_error": t.lastError ?? NSNull()]
                 },
                 "sessions": ["live": svc.sessions.count, "max": svc.sessions.max],
+                "node": svc.config.node,
             ]
             return JSONBody.response(JSONBody.encode(body))
         }
@@ -385,6 +386,23 @@ struct SystemController: Sendable {
             svc.metrics.queueDepth.set(Double(await svc.admission.queued))
             return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4"],
                             body: .init(byteBuffer: ByteBuffer(string: svc.metrics.text())))
+        }
+        // Every node writing to this log, from its heartbeat rows (`all=true`: also
+        // stopped ones and those not heard from for three heartbeats).
+        router.get("nodes") { request, _ -> Response in
+            let all: Bool
+            switch request.uri.queryParameters["all"] {
+            case nil, "false": all = false
+            case "true": all = true
+            default: throw APIError(.badRequest, "invalid_query", "'all' must be true or false")
+            }
+            let now = Date()
+            let within = 3 * (svc.config.heartbeatInterval / .seconds(1))
+            let rows = try await svc.log.nodes().filter { all || $0.isLive(now: now, within: within) }
+            var w = JSONWriter()
+            w.field("node", svc.config.node)
+            w.field("nodes", json: "[" + rows.map { $0.json(now: now, within: within) }.joined(separator: ",") + "]")
+            return JSONBody.response(w.finish())
         }
         router.get("openapi.json") { _, _ -> Response in
             JSONBody.response(OpenAPIDocument.json)

@@ -50,6 +50,56 @@ public protocol ExecutionLog: Sendable {
     func endOpenSessions(reason: String) async throws -> Int
     /// A session's row, open or ended.
     func session(id: String) async throws -> SessionRow?
+    /// This node's row: created or replaced at start, its heartbeat and numbers after.
+    func heartbeat(_ node: NodeRow) async throws
+    /// This node stopped (its row stays, with `stopped_at`).
+    func nodeStopped(name: String, at: Date) async throws
+    /// Every node that ever wrote to this log, the latest heartbeat first.
+    func nodes() async throws -> [NodeRow]
+}
+
+/// One row of `nodes`: a service instance and what it had in use at its last heartbeat.
+public struct NodeRow: Sendable, Equatable {
+    public var name: String
+    public var startedAt: Date
+    public var heartbeatAt: Date
+    public var stoppedAt: Date?
+    public var maxConcurrency: Int
+    public var queueSize: Int
+    public var inFlight: Int
+    public var queued: Int
+    public var sessions: Int
+
+    public init(name: String, startedAt: Date, heartbeatAt: Date, stoppedAt: Date? = nil, maxConcurrency: Int, queueSize: Int,
+                inFlight: Int = 0, queued: Int = 0, sessions: Int = 0) {
+        self.name = name
+        self.startedAt = startedAt
+        self.heartbeatAt = heartbeatAt
+        self.stoppedAt = stoppedAt
+        self.maxConcurrency = maxConcurrency
+        self.queueSize = queueSize
+        self.inFlight = inFlight
+        self.queued = queued
+        self.sessions = sessions
+    }
+
+    /// Live: not stopped, and heard from within `within` of `now`.
+    public func isLive(now: Date, within: Double) -> Bool { stoppedAt == nil && now.timeIntervalSince(heartbeatAt) <= within }
+
+    func json(now: Date, within: Double) -> String {
+        var w = JSONWriter()
+        w.field("name", name)
+        w.field("live", isLive(now: now, within: within))
+        w.field("started_at", ExecutionResult.timestamp(startedAt))
+        w.field("heartbeat_at", ExecutionResult.timestamp(heartbeatAt))
+        w.field("stopped_at", stoppedAt.map(ExecutionResult.timestamp))
+        w.field("max_concurrency", Int64(maxConcurrency))
+        w.field("queue_size", Int64(queueSize))
+        w.field("in_flight", Int64(inFlight))
+        w.field("queued", Int64(queued))
+        w.field("sessions", Int64(sessions))
+        return w.finish()
+    }
 }
 
 /// One row of `sessions`.

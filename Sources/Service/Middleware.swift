@@ -31,7 +31,7 @@ struct MethodMiddleware<Context: RequestContext>: RouterMiddleware {
         case "/execute": "POST"
         case "/sessions": "GET, HEAD, POST"
         case "/executions", "/executions/stats", "/executions/trends", "/executions/regressions", "/health", "/metrics",
-             "/openapi.json", "/events", "/", "/ui", "/ui/": "GET, HEAD"
+             "/openapi.json", "/events", "/nodes", "/", "/ui", "/ui/": "GET, HEAD"
         default:
             if path.hasPrefix("/executions/") && !path.dropFirst(12).contains("/") { "GET, HEAD, DELETE" }
             else if path.hasPrefix("/executions/") && (path.hasSuffix("/events") || path.hasSuffix("/samples") || path.hasSuffix("/custom-metrics")) && path.split(separator: "/").count == 3 { "GET, HEAD" }

@@ -150,6 +150,23 @@ public enum Schema {
             try db.execute(sql: "CREATE INDEX IF NOT EXISTS sessions_created_at ON sessions (created_at)")
             log.say("created table sessions")
         }
+        // Nodes: one row per service instance writing to this log, its heartbeat.
+        m.registerMigration("v8 nodes") { db in
+            try db.execute(sql: """
+                CREATE TABLE IF NOT EXISTS nodes (
+                  name TEXT PRIMARY KEY,
+                  started_at TIMESTAMP NOT NULL,
+                  heartbeat_at TIMESTAMP NOT NULL,
+                  stopped_at TIMESTAMP,
+                  max_concurrency INTEGER NOT NULL,
+                  queue_size INTEGER NOT NULL,
+                  in_flight INTEGER NOT NULL,
+                  queued INTEGER NOT NULL,
+                  sessions INTEGER NOT NULL
+                )
+                """)
+            log.say("created table nodes")
+        }
         return m
     }
 

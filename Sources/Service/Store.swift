@@ -288,6 +288,34 @@ public final class ExecutionStore: ExecutionLog {
         }
     }
 
+    public func heartbeat(_ n: NodeRow) async throws {
+        try await write { db in
+            try db.execute(sql: """
+                INSERT INTO nodes (name, started_at, heartbeat_at, stopped_at, max_concurrency, queue_size, in_flight, queued, sessions)
+                VALUES (?, ?, ?, NULL, ?, ?, ?, ?, ?)
+                ON CONFLICT (name) DO UPDATE SET started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at,
+                  stopped_at = NULL, max_concurrency = excluded.max_concurrency, queue_size = excluded.queue_size,
+                  in_flight = excluded.in_flight, queued = excluded.queued, sessions = excluded.sessions
+                """, arguments: [n.name, n.startedAt, n.heartbeatAt, n.maxConcurrency, n.queueSize, n.inFlight, n.queued, n.sessions])
+        }
+    }
+
+    public func nodeStopped(name: String, at: Date) async throws {
+        try await write { db in
+            try db.execute(sql: "UPDATE nodes SET stopped_at = ?, in_flight = 0, queued = 0, sessions = 0 WHERE name = ?", arguments: [at, name])
+        }
+    }
+
+    public func nodes() async throws -> [NodeRow] {
+        try await pool.read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM nodes ORDER BY heartbeat_at DESC, name").map { r in
+                NodeRow(name: r["name"], startedAt: r["started_at"], heartbeatAt: r["heartbeat_at"], stoppedAt: r["stopped_at"],
+                        maxConcurrency: r["max_concurrency"], queueSize: r["queue_size"], inFlight: r["in_flight"],
+                        queued: r["queued"], sessions: r["sessions"])
+            }
+        }
+    }
+
     public func session(id: String) async throws -> SessionRow? {
         try await pool.read { db in
             guard let r = try Row.fetchOne(db, sql: "SELECT * FROM sessions WHERE id = ?", arguments: [id]) else { return nil }

@@ -92,6 +92,28 @@ enum ExecutionLogContract {
         #expect(try await log.list(LogQuery()).map(\.id) == [id4, id3])
         #expect(try await log.get(id: id1) == nil)
         #expect(try await log.series(id: id1).isEmpty, "a deleted run's samples go with it")
+
+        // nodes: a heartbeat creates and then updates the row; a stop keeps it, marked
+        #expect(try await log.nodes().isEmpty)
+        let n0 = NodeRow(name: "n1", startedAt: t0, heartbeatAt: t0, maxConcurrency: 4, queueSize: 8)
+        try await log.heartbeat(n0)
+        var n1 = n0
+        n1.heartbeatAt = t0.addingTimeInterval(5)
+        n1.inFlight = 3
+        n1.queued = 2
+        n1.sessions = 1
+        try await log.heartbeat(n1)
+        try await log.heartbeat(NodeRow(name: "n2", startedAt: t0, heartbeatAt: t0.addingTimeInterval(1), maxConcurrency: 2, queueSize: 0))
+        let nodes = try await log.nodes()
+        #expect(nodes.map(\.name) == ["n1", "n2"], "latest heartbeat first")
+        #expect(nodes.first.map { abs($0.heartbeatAt.timeIntervalSince(n1.heartbeatAt)) < 0.01 && $0.inFlight == 3 && $0.queued == 2 && $0.sessions == 1 } == true)
+        #expect(nodes.first?.isLive(now: t0.addingTimeInterval(10), within: 15) == true)
+        #expect(nodes.first?.isLive(now: t0.addingTimeInterval(30), within: 15) == false)
+        try await log.nodeStopped(name: "n2", at: t0.addingTimeInterval(2))
+        let n2 = try #require(try await log.nodes().last)
+        #expect(n2.stoppedAt != nil && n2.inFlight == 0 && !n2.isLive(now: t0.addingTimeInterval(2), within: 15))
+        try await log.heartbeat(NodeRow(name: "n2", startedAt: t0.addingTimeInterval(60), heartbeatAt: t0.addingTimeInterval(60), maxConcurrency: 2, queueSize: 0))
+        #expect(try await log.nodes().first.map { $0.name == "n2" && $0.stoppedAt == nil } == true, "a restart clears the stop")
     }
 }
 
