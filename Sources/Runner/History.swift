@@ -42,6 +42,7 @@ struct LogFilters: ParsableArguments {
 
     /// The log, brought to the current schema (what `serve` does at start).
     func store() throws -> ExecutionStore {
+        try sqliteOnly(db)
         guard FileManager.default.fileExists(atPath: db) else { throw ValidationError("no execution log at \(db) (--db)") }
         let store = try ExecutionStore(path: db)
         try store.prepare()
@@ -152,5 +153,12 @@ struct Regressions: AsyncParsableCommand {
              f.ratio.map { String(format: "%.2f", $0) } ?? "-", String(format: "%.1e", f.pValue), String(s.latestID)]
         }
         print(table([by == "code_sha256" ? "FINGERPRINT" : by.uppercased(), "BASELINE", "RECENT", "RATIO", "P", "LATEST ID"], rows), terminator: "")
+    }
+}
+
+/// The CLI's own log commands read SQLite files; a PostgreSQL log is the service's.
+func sqliteOnly(_ db: String) throws {
+    if db.hasPrefix("postgres://") || db.hasPrefix("postgresql://") {
+        throw ValidationError("\(db.prefix(13))...: this command reads SQLite logs; a PostgreSQL log is read through `sandpit serve --db` (GET /executions), which also migrates it at start")
     }
 }

@@ -190,6 +190,7 @@ struct Run: AsyncParsableCommand {
         let sandbox = Sandbox(settings: settings, logger: logger)
         // The log is opened (and migrated) before the run: a bad path fails before any code runs.
         let store = try logDB.map { path -> ExecutionStore in
+            try sqliteOnly(path)
             let s = try ExecutionStore(path: path)
             try s.prepare()
             return s

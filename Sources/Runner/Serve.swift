@@ -13,7 +13,7 @@ struct Serve: AsyncParsableCommand {
 
     @Option(help: "Address to listen on (a non-loopback address needs a token).") var host = "127.0.0.1"
     @Option(help: "Port to listen on.") var port = 8787
-    @Option(help: "SQLite database of the execution log.") var db = SandboxSettings().stateDirectory + "/executions.db"
+    @Option(help: "The execution log: a SQLite file, or postgres://USER@HOST:PORT/DB (password from PGPASSWORD or PGPASSFILE; ?sslmode=disable|prefer|require).") var db = SandboxSettings().stateDirectory + "/executions.db"
     @Option(help: "Runs at once (default: the number of CPUs).") var maxConcurrency: Int?
     @Option(help: "Requests that may wait for a slot; beyond that 429.") var queueSize = 16
     @Option(help: "Largest request body in bytes; beyond that 413.") var maxBody = 1 << 20
@@ -176,6 +176,7 @@ struct Migrate: ParsableCommand {
     @Option(help: "SQLite database to migrate.") var db = SandboxSettings().stateDirectory + "/executions.db"
 
     func run() throws {
+        try sqliteOnly(db)
         let store = try ExecutionStore(path: db)
         print("migrating \(db)")
         let report = try Schema.migrate(store.pool) { print("  " + $0) }

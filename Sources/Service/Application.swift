@@ -5,6 +5,7 @@ import HummingbirdCore
 public func buildRouter(_ svc: ServiceContext) -> Router<BasicRequestContext> {
     let router = Router(context: BasicRequestContext.self)
     router.add(middleware: MethodMiddleware())
+    router.add(middleware: StorageErrorMiddleware())
     if let t = svc.config.token, !t.isEmpty { router.add(middleware: TokenMiddleware(token: t)) }
     ExecuteController(svc: svc).addRoutes(to: router)
     ExecutionsController(svc: svc).addRoutes(to: router)

@@ -98,14 +98,17 @@ public final class ServiceContext: Sendable {
         // Sessions end with the service: their rows say so.
         for e in sessions.closeAll() { await endSession(e, reason: "service_stopped") }
         do { try await log.nodeStopped(name: config.node, at: Date()) } catch { logger.error("node row not marked stopped: \(error)") }
+        (log as? PostgresStore)?.close()
     }
 
     /// Opens the database, applies the migrations, marks runs of a crashed previous
     /// instance as interrupted and sweeps their cgroups.
     public static func open(config: ServiceConfig, logger: Logger) async throws -> ServiceContext {
         try config.validate()
-        let log: any ExecutionLog = try ExecutionStore(path: config.databasePath, host: config.node, outputLimit: config.logOutputLimit)
-        try log.prepare { logger.info("migrate: \($0)") }
+        let log: any ExecutionLog = config.databasePath.hasPrefix("postgres://") || config.databasePath.hasPrefix("postgresql://")
+            ? try PostgresStore(url: config.databasePath, host: config.node, outputLimit: config.logOutputLimit, logger: logger)
+            : try ExecutionStore(path: config.databasePath, host: config.node, outputLimit: config.logOutputLimit)
+        try await log.prepare { logger.info("migrate: \($0)") }
         var settings = SandboxSettings(stateDirectory: config.stateDirectory)
         settings.spareCgroup = true  // `serve` and the tests call sandbox.shutdown() at the end
         settings.alertRules = config.alertRules

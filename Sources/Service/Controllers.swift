@@ -146,7 +146,10 @@ struct LiveController: Sendable {
 
     /// 409 for a finished execution, 404 for an unknown one.
     func notLive(_ id: Int64) async throws -> APIError {
-        if try await svc.log.get(id: id) != nil {
+        if let record = try await svc.log.get(id: id) {
+            if record.status == "running" {
+                return APIError(.conflict, "not_here", "execution \(id) is running on node \(record.host ?? "?"), not on this one (\(svc.config.node))")
+            }
             return APIError(.conflict, "finished", "execution \(id) has finished; its record is at GET /executions/\(id)")
         }
         return APIError(.notFound, "not_found", "no execution with id \(id)")
@@ -173,7 +176,7 @@ struct LiveController: Sendable {
         }
         guard record.status != "running" else {
             // Logged as running but not run here: another instance's, or one that is ending now.
-            throw APIError(.conflict, "not_here", "execution \(id) is running but not in this service instance")
+            throw APIError(.conflict, "not_here", "execution \(id) is running on node \(record.host ?? "?"), not on this one (\(svc.config.node)); ask that node")
         }
         let samples = try await svc.log.series(id: id)
         let points = try await svc.log.customPoints(id: id, name: nil)

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Sandbox
 
 /// Where runs are logged. The service talks to the log only through this protocol
@@ -7,7 +8,7 @@ import Sandbox
 public protocol ExecutionLog: Sendable {
     /// Brings the log to the current schema; `progress` receives one line per step.
     @discardableResult
-    func prepare(progress: @escaping (String) -> Void) throws -> MigrationReport
+    func prepare(progress: @escaping (String) -> Void) async throws -> MigrationReport
     /// Records a run that is about to start (status `running`); returns its id.
     /// The row also gets the code's SHA-256 and the labels (indexed for `LogQuery.labels`).
     func begin(code: String, name: String, containerID: String, labels: [String: String],
@@ -331,5 +332,46 @@ public struct SampleRecorder: Sendable {
             samples.append(last)
         }
         return samples
+    }
+}
+
+/// Results whose row could not be completed when the run ended (the database was full,
+/// locked or away): kept in memory (10 000 at most) and written by the next upkeep.
+final class PendingCompletions: Sendable {
+    typealias Item = (id: Int64, result: ExecutionResult, finishedAt: Date, samples: [LiveSample])
+    private let items = Mutex<[Item]>([])
+
+    /// Writes `item` with `write`; when that fails, keeps it for the upkeep and throws.
+    func write(_ item: Item, with write: (Item) async throws -> Void) async throws {
+        do {
+            try await write(item)
+        } catch {
+            add(item)
+            throw error
+        }
+    }
+
+    func add(_ item: Item) {
+        items.withLock { list in
+            if list.count < 10_000 { list.append(item) }
+        }
+    }
+
+    /// Writes each with `write`, in order; at the first failure keeps it and the rest
+    /// for next time and throws. Returns how many were written.
+    func flush(_ write: (Item) async throws -> Void) async throws -> Int {
+        let pending = items.withLock { list in
+            defer { list.removeAll() }
+            return list
+        }
+        for (i, p) in pending.enumerated() {
+            do {
+                try await write(p)
+            } catch {
+                items.withLock { $0.append(contentsOf: pending[i...]) }
+                throw error
+            }
+        }
+        return pending.count
     }
 }

@@ -23,6 +23,23 @@ struct TokenMiddleware<Context: RequestContext>: RouterMiddleware {
     }
 }
 
+/// The log could not be read or written (the database is away, full or locked): 503
+/// with `Retry-After`, never a 500, and the service serves again once it is back.
+struct StorageErrorMiddleware<Context: RequestContext>: RouterMiddleware {
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        do {
+            return try await next(request, context)
+        } catch {
+            // (only the backends' own errors: anything else is still a 500, a bug to see)
+            let module = String(reflecting: type(of: error)).split(separator: ".").first ?? ""
+            guard ["GRDB", "PostgresNIO", "_ConnectionPoolModule", "NIOPosix", "NIOCore"].contains(module) else { throw error }
+            var e = APIError(.serviceUnavailable, "storage_unavailable", "the execution log cannot be reached: \(String(describing: error).prefix(300))")
+            e.headers[.retryAfter] = "5"
+            throw e
+        }
+    }
+}
+
 /// A method the document does not list on a path it does: 405 with `Allow`, as
 /// RFC 9110 has it (the router alone answers 404).
 struct MethodMiddleware<Context: RequestContext>: RouterMiddleware {

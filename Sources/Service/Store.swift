@@ -18,7 +18,7 @@ public final class ExecutionStore: ExecutionLog {
     public let outputLimit: Int
     /// Results whose row could not be completed (disk full, I/O error), retried by
     /// `maintain()` so that the log catches up by itself once it can be written.
-    let unfinished = Mutex<[(id: Int64, result: ExecutionResult, finishedAt: Date, samples: [LiveSample])]>([])
+    let unfinished = PendingCompletions()
 
     public func prepare(progress: @escaping (String) -> Void = { _ in }) throws -> MigrationReport {
         try Schema.migrate(pool, progress: progress)
@@ -109,13 +109,8 @@ public final class ExecutionStore: ExecutionLog {
     /// Completes a row with the run's result. When the database cannot be written
     /// (full disk, I/O error), the result is kept and written by a later `maintain()`.
     public func finish(id: Int64, result r: ExecutionResult, finishedAt: Date, samples: [LiveSample]) async throws {
-        do {
-            try await finishRow(id: id, result: r, finishedAt: finishedAt, samples: samples)
-        } catch {
-            unfinished.withLock { list in
-                if list.count < 10_000 { list.append((id, r, finishedAt, samples)) }
-            }
-            throw error
+        try await unfinished.write((id, r, finishedAt, samples)) { p in
+            try await finishRow(id: p.id, result: p.result, finishedAt: p.finishedAt, samples: p.samples)
         }
     }
 
@@ -217,19 +212,8 @@ public final class ExecutionStore: ExecutionLog {
     @discardableResult
     public func maintain(_ retention: Retention, now: Date) async throws -> MaintenanceReport {
         var report = MaintenanceReport()
-        let pending = unfinished.withLock { list in
-            let all = list
-            list.removeAll()
-            return all
-        }
-        for (i, p) in pending.enumerated() {
-            do {
-                try await finishRow(id: p.id, result: p.result, finishedAt: p.finishedAt, samples: p.samples)
-                report.completed += 1
-            } catch {
-                unfinished.withLock { $0.append(contentsOf: pending[i...]) }
-                throw error
-            }
+        report.completed = try await unfinished.flush { p in
+            try await finishRow(id: p.id, result: p.result, finishedAt: p.finishedAt, samples: p.samples)
         }
         let cutoff = retention.days.map { now.addingTimeInterval(-$0 * 86400) }
         let rows = retention.rows

@@ -733,7 +733,7 @@ struct LogRetentionTests {
         try Schema.migrate(store.pool)
         let id = try await store.begin(code: "c", name: "late", containerID: "x", queuedAt: Date(), startedAt: Date())
         // As finish() leaves it when the database cannot be written.
-        store.unfinished.withLock { $0.append((id, result("done"), Date(), [])) }
+        store.unfinished.add((id, result("done"), Date(), []))
         #expect(dict(try await store.get(id: id))?["status"] as? String == "running")
         let r = try await store.maintain(.init(days: nil, rows: nil))
         #expect(r.completed == 1)

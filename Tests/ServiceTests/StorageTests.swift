@@ -30,9 +30,9 @@ enum ExecutionLogContract {
     static func check(_ make: () throws -> any ExecutionLog) async throws {
         let log = try make()
         var lines: [String] = []
-        let first = try log.prepare { lines.append($0) }
+        let first = try await log.prepare { lines.append($0) }
         #expect(first.createdTable || !first.addedColumns.isEmpty || first.nothingToDo)
-        #expect(try log.prepare { _ in }.nothingToDo)
+        #expect(try await log.prepare { _ in }.nothingToDo)
 
         // begin → running; finish → every stored field as written
         let t0 = Date(timeIntervalSince1970: 1_764_000_000)
