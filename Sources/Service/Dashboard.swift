@@ -55,7 +55,6 @@ struct DashboardController: Sendable {
             guard let id = context.parameters.get("id", as: Int64.self), id >= 0 else {
                 throw APIError(.notFound, "not_found", "no dashboard page at \(request.uri.path)")
             }
-            _ = id
             return Self.serve("index.html", request)
         }
         router.get("ui/:file") { request, context in

@@ -346,11 +346,6 @@ public final class PostgresStore: ExecutionLog, Sendable {
 
     // MARK: reading
 
-    static let listColumns = (["id", "created_at", "queued_at", "finished_at", "host", "log_truncated", "code_sha256", "labels"]
-        + ExecutionStore.storedFields.filter { $0.storage == .summary }.map(\.name))
-    static let detailColumns = ["id", "code", "created_at", "queued_at", "finished_at", "host", "log_truncated", "code_sha256", "labels"]
-        + ExecutionStore.storedFields.map(\.name)
-
     /// The WHERE clause of a query's filters, as `ExecutionStore.filter` builds it.
     static func filter(_ q: LogQuery, extra: [String] = []) -> (sql: String, values: [Value]) {
         var clauses = extra
@@ -370,12 +365,12 @@ public final class PostgresStore: ExecutionLog, Sendable {
 
     public func list(_ q: LogQuery) async throws -> [ExecutionRecord] {
         let (whereSQL, values) = Self.filter(q)
-        return try await run("SELECT \(Self.listColumns.joined(separator: ", ")) FROM execution_logs \(whereSQL) ORDER BY id DESC LIMIT \(max(0, q.limit))", values)
+        return try await run("SELECT \(ExecutionStore.listColumns) FROM execution_logs \(whereSQL) ORDER BY id DESC LIMIT \(max(0, q.limit))", values)
             .map { Self.record($0, detail: false) }
     }
 
     public func get(id: Int64) async throws -> ExecutionRecord? {
-        try await run("SELECT \(Self.detailColumns.joined(separator: ", ")) FROM execution_logs WHERE id = ?", [.int(id)])
+        try await run("SELECT \(ExecutionStore.detailColumns) FROM execution_logs WHERE id = ?", [.int(id)])
             .first.map { Self.record($0, detail: true) }
     }
 
