@@ -40,6 +40,8 @@ struct Serve: AsyncParsableCommand {
     var sessionIdleTimeout: Double = 1800
     @Option(name: .customLong("node-name"), help: "This instance's name in the log (its rows' host, its row in GET /nodes); default: the host name.")
     var nodeName: String?
+    @Option(name: .customLong("advertise-url"), help: "Where the other nodes reach this one (http://HOST:PORT); they relay its runs' live events and cancels through it. Default: from --host and --port.")
+    var advertiseURL: String?
 
     func warmSpecs() throws -> [WarmSpec] {
         do {
@@ -97,6 +99,8 @@ struct Serve: AsyncParsableCommand {
         config.sessionIdleTimeout = sessionIdleTimeout
         if let n = nodeName, !ServiceConfig.isValidNodeName(n) { throw ValidationError("--node-name must be 1 to 64 of A-Z a-z 0-9 _ . -") }
         config.nodeName = nodeName
+        if let u = advertiseURL, !ServiceConfig.isValidPeerURL(u) { throw ValidationError("--advertise-url must be http://HOST:PORT with no path") }
+        config.advertiseURL = advertiseURL
         // Each connection is a descriptor: make room for the cap (up to the hard limit).
         var nofile = rlimit()
         if getrlimit(Int32(RLIMIT_NOFILE.rawValue), &nofile) == 0 {

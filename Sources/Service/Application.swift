@@ -4,6 +4,7 @@ import HummingbirdCore
 /// The one place the HTTP application is assembled; tests build the same one.
 public func buildRouter(_ svc: ServiceContext) -> Router<BasicRequestContext> {
     let router = Router(context: BasicRequestContext.self)
+    router.add(middleware: NodeHeaderMiddleware(node: svc.config.node))
     router.add(middleware: MethodMiddleware())
     router.add(middleware: StorageErrorMiddleware())
     if let t = svc.config.token, !t.isEmpty { router.add(middleware: TokenMiddleware(token: t)) }

@@ -48,6 +48,10 @@ public struct ServiceConfig: Sendable {
     /// How often this node writes its heartbeat row; a node not heard from for three
     /// of them is not live in GET /nodes.
     public var heartbeatInterval: Duration = .seconds(5)
+    /// Where the other nodes reach this one (`--advertise-url`, in its row of `nodes`):
+    /// they proxy the live events and the cancel of a run that runs here. Default:
+    /// `http://HOST:PORT` of the TCP listener (the host name for a wildcard address).
+    public var advertiseURL: String?
 
     public init(databasePath: String) {
         self.databasePath = databasePath
@@ -60,6 +64,9 @@ public struct ServiceConfig: Sendable {
             throw APIError(.internalServerError, "config",
                            "refusing to listen on \(host) without a token (set SANDPIT_TOKEN or --token-file)")
         }
+        if let u = advertiseURL, !Self.isValidPeerURL(u) {
+            throw APIError(.internalServerError, "config", "--advertise-url must be http://HOST:PORT (or http://HOST) with no path, not \(u)")
+        }
         if let n = nodeName, !Self.isValidNodeName(n) {
             throw APIError(.internalServerError, "config", "--node-name must be 1 to 64 of A-Z a-z 0-9 _ . -")
         }
@@ -67,6 +74,24 @@ public struct ServiceConfig: Sendable {
 
     public static func isValidNodeName(_ n: String) -> Bool {
         !n.isEmpty && n.utf8.count <= 64 && n.utf8.allSatisfy { $0 < 128 && (Character(UnicodeScalar($0)).isLetter || Character(UnicodeScalar($0)).isNumber || "_.-".utf8.contains($0)) }
+    }
+
+    public static func isValidPeerURL(_ u: String) -> Bool {
+        guard let url = URL(string: u), url.scheme == "http", let h = url.host, !h.isEmpty else { return false }
+        return url.path.isEmpty || url.path == "/"
+    }
+
+    /// The address this node gives its peers (`advertiseURL` or one made from the
+    /// listener), without a trailing slash.
+    public var peerURL: String {
+        if let u = advertiseURL { return u.hasSuffix("/") ? String(u.dropLast()) : u }
+        let h: String
+        switch host {
+        case "0.0.0.0", "::", "": h = ExecutionStore.hostName()
+        case let v6 where v6.contains(":"): h = "[\(v6)]"
+        default: h = host
+        }
+        return "http://\(h):\(port)"
     }
 
     /// The name this node's rows carry.

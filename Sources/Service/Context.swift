@@ -49,7 +49,7 @@ public final class ServiceContext: Sendable {
     func nodeRow() async -> NodeRow {
         NodeRow(name: config.node, startedAt: startedAt, heartbeatAt: Date(), maxConcurrency: config.maxConcurrency,
                 queueSize: config.queueSize, inFlight: await admission.inFlight, queued: await admission.queued,
-                sessions: sessions.count)
+                sessions: sessions.count, url: config.peerURL)
     }
 
     /// Writes this node's heartbeat row now and every `heartbeatInterval` (a failed
@@ -57,7 +57,11 @@ public final class ServiceContext: Sendable {
     func startHeartbeat() {
         let task = Task { [self] in
             while !Task.isCancelled {
-                do { try await log.heartbeat(await nodeRow()) } catch { logger.error("node heartbeat not written: \(error)") }
+                do {
+                    try await log.heartbeat(await nodeRow())
+                    let n = try await log.completePending()
+                    if n > 0 { logger.info("completed \(n) row(s) whose result could not be written while the log was away") }
+                } catch { logger.error("node heartbeat not written: \(error)") }
                 try? await Task.sleep(for: config.heartbeatInterval)
             }
         }

@@ -51,6 +51,10 @@ public protocol ExecutionLog: Sendable {
     func endOpenSessions(reason: String) async throws -> Int
     /// A session's row, open or ended.
     func session(id: String) async throws -> SessionRow?
+    /// Writes the rows whose completion failed (the storage was away), oldest first;
+    /// returns how many. Run at every heartbeat, so they land within one of its return.
+    @discardableResult
+    func completePending() async throws -> Int
     /// This node's row: created or replaced at start, its heartbeat and numbers after.
     func heartbeat(_ node: NodeRow) async throws
     /// This node stopped (its row stays, with `stopped_at`).
@@ -70,10 +74,13 @@ public struct NodeRow: Sendable, Equatable {
     public var inFlight: Int
     public var queued: Int
     public var sessions: Int
+    /// Where the other nodes reach it (`--advertise-url`).
+    public var url: String?
 
     public init(name: String, startedAt: Date, heartbeatAt: Date, stoppedAt: Date? = nil, maxConcurrency: Int, queueSize: Int,
-                inFlight: Int = 0, queued: Int = 0, sessions: Int = 0) {
+                inFlight: Int = 0, queued: Int = 0, sessions: Int = 0, url: String? = nil) {
         self.name = name
+        self.url = url
         self.startedAt = startedAt
         self.heartbeatAt = heartbeatAt
         self.stoppedAt = stoppedAt
@@ -99,6 +106,7 @@ public struct NodeRow: Sendable, Equatable {
         w.field("in_flight", Int64(inFlight))
         w.field("queued", Int64(queued))
         w.field("sessions", Int64(sessions))
+        w.field("url", url)
         return w.finish()
     }
 }
@@ -350,6 +358,8 @@ final class PendingCompletions: Sendable {
             throw error
         }
     }
+
+    var isEmpty: Bool { items.withLock { $0.isEmpty } }
 
     func add(_ item: Item) {
         items.withLock { list in

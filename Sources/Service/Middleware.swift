@@ -3,6 +3,26 @@ import Hummingbird
 
 /// Requires `Authorization: Bearer <token>` on every route but /health and the
 /// dashboard's files (`/`, `/ui/...`: they hold no data; its script sends the token).
+/// Names the node that answered (`X-Sandpit-Node`) on every answer, errors included, so
+/// that behind a balancer a client and an operator can tell which one served a request.
+/// A relayed answer keeps the name of the node that produced it.
+struct NodeHeaderMiddleware<Context: RequestContext>: RouterMiddleware {
+    let node: String
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        do {
+            var response = try await next(request, context)
+            if response.headers[nodeHeader] == nil { response.headers[nodeHeader] = node }
+            return response
+        } catch var error as APIError {
+            if error.headers[nodeHeader] == nil { error.headers[nodeHeader] = node }
+            throw error
+        }
+    }
+}
+
+let nodeHeader = HTTPField.Name("X-Sandpit-Node")!
+
 struct TokenMiddleware<Context: RequestContext>: RouterMiddleware {
     let token: String
 
@@ -32,7 +52,7 @@ struct StorageErrorMiddleware<Context: RequestContext>: RouterMiddleware {
         } catch {
             // (only the backends' own errors: anything else is still a 500, a bug to see)
             let module = String(reflecting: type(of: error)).split(separator: ".").first ?? ""
-            guard ["GRDB", "PostgresNIO", "_ConnectionPoolModule", "NIOPosix", "NIOCore"].contains(module) else { throw error }
+            guard ["GRDB", "PostgresNIO", "_ConnectionPoolModule", "NIOPosix", "NIOCore"].contains(module) || error is PostgresStore.LeaseTimeout || error is PostgresStore.StatementTimeout else { throw error }
             var e = APIError(.serviceUnavailable, "storage_unavailable", "the execution log cannot be reached: \(String(describing: error).prefix(300))")
             e.headers[.retryAfter] = "5"
             throw e

@@ -167,6 +167,12 @@ public enum Schema {
                 """)
             log.say("created table nodes")
         }
+        // Where a node is reached by the others (they proxy its runs' live events).
+        m.registerMigration("v9 node url") { db in
+            let columns = try db.columns(in: "nodes").map(\.name)
+            if !columns.contains("url") { try db.execute(sql: "ALTER TABLE nodes ADD COLUMN url TEXT") }
+            log.say("added nodes.url")
+        }
         return m
     }
 

@@ -115,10 +115,73 @@ public final class PostgresStore: ExecutionLog, Sendable {
         }
     }
 
-    /// `body` with the pool; its failure may replace the pool for the next call.
-    func using<T>(_ body: (PostgresClient) async throws -> T) async throws -> T {
+    /// How long a statement waits for a connection of the pool before it is given up
+    /// (503): while the server is away the pool keeps retrying for up to a minute, and a
+    /// request should not hang that long.
+    static let leaseTimeout: Duration = .seconds(3)
+
+    /// Who came first: the lease or the timer (`phase`: 0 waiting, 1 leased, 2 given
+    /// up), and whether the caller was answered (exactly once).
+    final class LeaseRace: Sendable {
+        let phase = Atomic<Int>(0)
+        let done = Atomic<Bool>(false)
+        func lease() -> Bool { phase.compareExchange(expected: 0, desired: 1, ordering: .sequentiallyConsistent).exchanged }
+        func abandon() -> Bool { phase.compareExchange(expected: 0, desired: 2, ordering: .sequentiallyConsistent).exchanged }
+        func answer() -> Bool { done.compareExchange(expected: false, desired: true, ordering: .sequentiallyConsistent).exchanged }
+        var answered: Bool { done.load(ordering: .sequentiallyConsistent) }
+    }
+
+    /// How long a statement (or a transaction) may take once it has its connection.
+    static let statementTimeout: Duration = .seconds(15)
+
+    /// A statement did not finish within `statementTimeout`.
+    public struct StatementTimeout: Error, CustomStringConvertible {
+        public var description: String { "PostgreSQL did not answer within \(PostgresStore.statementTimeout)" }
+    }
+
+    /// No connection of the pool came within `leaseTimeout`.
+    public struct LeaseTimeout: Error, CustomStringConvertible {
+        public var description: String { "no connection to PostgreSQL within \(PostgresStore.leaseTimeout)" }
+    }
+
+    /// `body` on a connection of the pool, leased within `leaseTimeout` (or `LeaseTimeout`;
+    /// a body never starts after its caller was told it timed out) and done within
+    /// `statementTimeout` of the lease (or `StatementTimeout`: a connection that the
+    /// server dropped in the middle of a statement may never answer). A failure may
+    /// replace the pool for the next call. The work runs in a task of its own, so the
+    /// caller is answered at the deadline whatever the pool does with it.
+    func using<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T {
+        let client = self.client
+        let race = LeaseRace()
+        let (leaseTimeout, statementTimeout) = (Self.leaseTimeout, Self.statementTimeout)
         do {
-            return try await body(client)
+            return try await withCheckedThrowingContinuation { (c: CheckedContinuation<T, any Error>) in
+                let work = Task {
+                    do {
+                        let value = try await client.withConnection { conn in
+                            guard race.lease() else { throw LeaseTimeout() }
+                            return try await body(conn)
+                        }
+                        if race.answer() { c.resume(returning: value) }
+                    } catch {
+                        if race.answer() { c.resume(throwing: error) }
+                    }
+                }
+                Task {
+                    try? await Task.sleep(for: leaseTimeout)
+                    if race.abandon() {
+                        if race.answer() { c.resume(throwing: LeaseTimeout()) }
+                        work.cancel()
+                        return
+                    }
+                    guard !race.answered else { return }
+                    try? await Task.sleep(for: statementTimeout)
+                    if race.answer() {
+                        c.resume(throwing: StatementTimeout())
+                        work.cancel()
+                    }
+                }
+            }
         } catch {
             failed(error)
             throw error
@@ -205,6 +268,8 @@ public final class PostgresStore: ExecutionLog, Sendable {
             "CREATE TABLE sessions (id TEXT PRIMARY KEY, name TEXT NOT NULL, created_at TIMESTAMPTZ NOT NULL, ended_at TIMESTAMPTZ, end_reason TEXT, executions BIGINT NOT NULL DEFAULT 0, labels TEXT, settings TEXT, host TEXT)",
             "CREATE INDEX sessions_created_at ON sessions (created_at)",
             "CREATE TABLE nodes (name TEXT PRIMARY KEY, started_at TIMESTAMPTZ NOT NULL, heartbeat_at TIMESTAMPTZ NOT NULL, stopped_at TIMESTAMPTZ, max_concurrency BIGINT NOT NULL, queue_size BIGINT NOT NULL, in_flight BIGINT NOT NULL, queued BIGINT NOT NULL, sessions BIGINT NOT NULL)",
+        ]), ("v2 node url", [
+            "ALTER TABLE nodes ADD COLUMN url TEXT",
         ])]
     }
 
@@ -213,7 +278,7 @@ public final class PostgresStore: ExecutionLog, Sendable {
     @discardableResult
     public func prepare(progress: @escaping (String) -> Void) async throws -> MigrationReport {
         let logger = self.logger
-        let done: [String] = try await using { client in try await client.withConnection { conn in
+        let done: [String] = try await using { conn in
             try await Self.run(conn, "SELECT pg_advisory_lock(?)", [.int(Self.migrationLock)], logger: logger)
             do {
                 try await Self.run(conn, "CREATE TABLE IF NOT EXISTS sandpit_migrations (name TEXT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)", logger: logger)
@@ -232,7 +297,7 @@ public final class PostgresStore: ExecutionLog, Sendable {
                 _ = try? await Self.run(conn, "SELECT pg_advisory_unlock(?)", [.int(Self.migrationLock)], logger: logger)
                 throw error
             }
-        } }
+        }
         var report = MigrationReport()
         for name in done {
             progress("applied \(name)")
@@ -252,7 +317,7 @@ public final class PostgresStore: ExecutionLog, Sendable {
         let sha = codeSHA256(code)
         let labelsJSON = labels.isEmpty ? nil : Labels.json(labels)
         let host = self.host, logger = self.logger
-        return try await using { client in try await client.withTransaction(logger: logger) { tx in
+        return try await using { conn in try await conn.withTransaction(logger: logger) { tx in
             let rows = try await Self.run(tx, """
                 INSERT INTO execution_logs (container_id, code, container_name, status, queued_at, started_at, created_at, host, code_sha256, labels)
                 VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?) RETURNING id
@@ -297,9 +362,9 @@ public final class PostgresStore: ExecutionLog, Sendable {
             }
         }
         values += [.date(finishedAt), .bool(outCut || errCut), .int(id)]
-        let logger = self.logger
-        try await using { client in try await client.withTransaction(logger: logger) { tx in
-            try await Self.run(tx, Self.updateSQL, values, logger: logger)
+        let logger = self.logger, bound = values
+        try await using { conn in try await conn.withTransaction(logger: logger) { tx in
+            try await Self.run(tx, Self.updateSQL, bound, logger: logger)
             try await Self.run(tx, "DELETE FROM execution_custom_metrics WHERE execution_id = ?", [.int(id)], logger: logger)  // a retried write
             for (i, p) in r.customPoints.enumerated() {
                 try await Self.run(tx, "INSERT INTO execution_custom_metrics (execution_id, seq, t, name, value) VALUES (?, ?, ?, ?, ?)",
@@ -497,15 +562,23 @@ public final class PostgresStore: ExecutionLog, Sendable {
         return s
     }
 
+    @discardableResult
+    public func completePending() async throws -> Int {
+        guard !unfinished.isEmpty else { return 0 }
+        return try await unfinished.flush { p in
+            try await finishRow(id: p.id, result: p.result, finishedAt: p.finishedAt, samples: p.samples)
+        }
+    }
+
     public func heartbeat(_ n: NodeRow) async throws {
         try await run("""
-            INSERT INTO nodes (name, started_at, heartbeat_at, stopped_at, max_concurrency, queue_size, in_flight, queued, sessions)
-            VALUES (?, ?, ?, NULL, ?, ?, ?, ?, ?)
+            INSERT INTO nodes (name, started_at, heartbeat_at, stopped_at, max_concurrency, queue_size, in_flight, queued, sessions, url)
+            VALUES (?, ?, ?, NULL, ?, ?, ?, ?, ?, ?)
             ON CONFLICT (name) DO UPDATE SET started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at,
               stopped_at = NULL, max_concurrency = excluded.max_concurrency, queue_size = excluded.queue_size,
-              in_flight = excluded.in_flight, queued = excluded.queued, sessions = excluded.sessions
+              in_flight = excluded.in_flight, queued = excluded.queued, sessions = excluded.sessions, url = excluded.url
             """, [.text(n.name), .date(n.startedAt), .date(n.heartbeatAt), .int(Int64(n.maxConcurrency)), .int(Int64(n.queueSize)),
-                  .int(Int64(n.inFlight)), .int(Int64(n.queued)), .int(Int64(n.sessions))])
+                  .int(Int64(n.inFlight)), .int(Int64(n.queued)), .int(Int64(n.sessions)), .text(n.url)])
     }
 
     public func nodeStopped(name: String, at: Date) async throws {
@@ -513,11 +586,11 @@ public final class PostgresStore: ExecutionLog, Sendable {
     }
 
     public func nodes() async throws -> [NodeRow] {
-        try await run("SELECT name, started_at, heartbeat_at, stopped_at, max_concurrency, queue_size, in_flight, queued, sessions FROM nodes ORDER BY heartbeat_at DESC, name")
+        try await run("SELECT name, started_at, heartbeat_at, stopped_at, max_concurrency, queue_size, in_flight, queued, sessions, url FROM nodes ORDER BY heartbeat_at DESC, name")
             .map { row in
-                let (name, started, beat, stopped, mc, qs, inf, q, s) = try row.decode((String, Date, Date, Date?, Int64, Int64, Int64, Int64, Int64).self)
+                let (name, started, beat, stopped, mc, qs, inf, q, s, url) = try row.decode((String, Date, Date, Date?, Int64, Int64, Int64, Int64, Int64, String?).self)
                 return NodeRow(name: name, startedAt: started, heartbeatAt: beat, stoppedAt: stopped, maxConcurrency: Int(mc),
-                               queueSize: Int(qs), inFlight: Int(inf), queued: Int(q), sessions: Int(s))
+                               queueSize: Int(qs), inFlight: Int(inf), queued: Int(q), sessions: Int(s), url: url)
             }
     }
 

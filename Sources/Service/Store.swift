@@ -272,15 +272,23 @@ public final class ExecutionStore: ExecutionLog {
         }
     }
 
+    @discardableResult
+    public func completePending() async throws -> Int {
+        guard !unfinished.isEmpty else { return 0 }
+        return try await unfinished.flush { p in
+            try await finishRow(id: p.id, result: p.result, finishedAt: p.finishedAt, samples: p.samples)
+        }
+    }
+
     public func heartbeat(_ n: NodeRow) async throws {
         try await write { db in
             try db.execute(sql: """
-                INSERT INTO nodes (name, started_at, heartbeat_at, stopped_at, max_concurrency, queue_size, in_flight, queued, sessions)
-                VALUES (?, ?, ?, NULL, ?, ?, ?, ?, ?)
+                INSERT INTO nodes (name, started_at, heartbeat_at, stopped_at, max_concurrency, queue_size, in_flight, queued, sessions, url)
+                VALUES (?, ?, ?, NULL, ?, ?, ?, ?, ?, ?)
                 ON CONFLICT (name) DO UPDATE SET started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at,
                   stopped_at = NULL, max_concurrency = excluded.max_concurrency, queue_size = excluded.queue_size,
-                  in_flight = excluded.in_flight, queued = excluded.queued, sessions = excluded.sessions
-                """, arguments: [n.name, n.startedAt, n.heartbeatAt, n.maxConcurrency, n.queueSize, n.inFlight, n.queued, n.sessions])
+                  in_flight = excluded.in_flight, queued = excluded.queued, sessions = excluded.sessions, url = excluded.url
+                """, arguments: [n.name, n.startedAt, n.heartbeatAt, n.maxConcurrency, n.queueSize, n.inFlight, n.queued, n.sessions, n.url])
         }
     }
 
@@ -295,7 +303,7 @@ public final class ExecutionStore: ExecutionLog {
             try Row.fetchAll(db, sql: "SELECT * FROM nodes ORDER BY heartbeat_at DESC, name").map { r in
                 NodeRow(name: r["name"], startedAt: r["started_at"], heartbeatAt: r["heartbeat_at"], stoppedAt: r["stopped_at"],
                         maxConcurrency: r["max_concurrency"], queueSize: r["queue_size"], inFlight: r["in_flight"],
-                        queued: r["queued"], sessions: r["sessions"])
+                        queued: r["queued"], sessions: r["sessions"], url: r["url"])
             }
         }
     }

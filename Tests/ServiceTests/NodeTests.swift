@@ -6,25 +6,32 @@ import Sandbox
 import Testing
 @testable import Service
 
+/// A service on the log `db` named `name`, for the tests of several nodes on one log.
+func openNode(_ db: String, _ name: String, maxConcurrency: Int = 2, beat: Duration = .milliseconds(200)) async throws -> ServiceContext {
+    var config = ServiceConfig(databasePath: db)
+    config.port = 0
+    config.stateDirectory = serviceTestState
+    config.nodeName = name
+    config.maxConcurrency = maxConcurrency
+    config.heartbeatInterval = beat
+    var logger = Logger(label: "sandpit-test")
+    logger.logLevel = .critical
+    return try await ServiceContext.open(config: config, logger: logger)
+}
+
+func stopNode(_ svc: ServiceContext) async {
+    await svc.close()
+    await svc.sandbox.quiesce()
+    svc.sandbox.shutdown()
+}
+
 @Suite("Service: nodes on one log — heartbeats, GET /nodes, each sweeps only its own runs (real SQLite, real HTTP)")
 struct NodeTests {
     func open(_ db: String, _ name: String) async throws -> ServiceContext {
-        var config = ServiceConfig(databasePath: db)
-        config.port = 0
-        config.stateDirectory = serviceTestState
-        config.nodeName = name
-        config.maxConcurrency = name == "alpha" ? 3 : 2
-        config.heartbeatInterval = .milliseconds(200)
-        var logger = Logger(label: "sandpit-test")
-        logger.logLevel = .critical
-        return try await ServiceContext.open(config: config, logger: logger)
+        try await openNode(db, name, maxConcurrency: name == "alpha" ? 3 : 2)
     }
 
-    func stop(_ svc: ServiceContext) async {
-        await svc.close()
-        await svc.sandbox.quiesce()
-        svc.sandbox.shutdown()
-    }
+    func stop(_ svc: ServiceContext) async { await stopNode(svc) }
 
     @Test func twoNodesShareALogAndSeeEachOther() async throws {
         let db = tempDB()

@@ -102,11 +102,13 @@ enum ExecutionLogContract {
         n1.inFlight = 3
         n1.queued = 2
         n1.sessions = 1
+        n1.url = "http://10.0.0.11:8787"
         try await log.heartbeat(n1)
         try await log.heartbeat(NodeRow(name: "n2", startedAt: t0, heartbeatAt: t0.addingTimeInterval(1), maxConcurrency: 2, queueSize: 0))
         let nodes = try await log.nodes()
         #expect(nodes.map(\.name) == ["n1", "n2"], "latest heartbeat first")
         #expect(nodes.first.map { abs($0.heartbeatAt.timeIntervalSince(n1.heartbeatAt)) < 0.01 && $0.inFlight == 3 && $0.queued == 2 && $0.sessions == 1 } == true)
+        #expect(nodes.first?.url == "http://10.0.0.11:8787" && nodes.last?.url == nil)
         #expect(nodes.first?.isLive(now: t0.addingTimeInterval(10), within: 15) == true)
         #expect(nodes.first?.isLive(now: t0.addingTimeInterval(30), within: 15) == false)
         try await log.nodeStopped(name: "n2", at: t0.addingTimeInterval(2))
