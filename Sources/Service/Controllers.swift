@@ -158,7 +158,7 @@ struct LiveController: Sendable {
     @Sendable func watch(_ request: Request, context: BasicRequestContext) async throws -> Response {
         let id = try rowID(context)
         guard let run = svc.live.get(id) else {
-            if let owner = try await remoteOwner(id, request) { return try await relayEvents(id, from: owner, request) }
+            if let owner = try await remoteOwner(id, request) { return try await Relay(svc: svc).forward(request, body: nil, to: owner, what: "execution \(id)") }
             return try await replay(id)
         }
         let events = run.events.subscribe()
@@ -172,57 +172,11 @@ struct LiveController: Sendable {
         })
     }
 
-    /// The node a run logged as running elsewhere runs on, when this request may be
-    /// relayed there: it is live and has an address, and the request was not itself
-    /// relayed (a row whose node lost it is not chased round the nodes).
+    /// The node a run logged as running elsewhere runs on, when this request should be
+    /// relayed there (see `Relay.owner`).
     func remoteOwner(_ id: Int64, _ request: Request) async throws -> NodeRow? {
-        guard request.headers[forwardedBy] == nil,
-              let record = try await svc.log.get(id: id), record.status == "running",
-              let host = record.host, host != svc.config.node else { return nil }
-        let within = 3 * (svc.config.heartbeatInterval / .seconds(1))
-        return try await svc.log.nodes().first { $0.name == host && $0.url != nil && $0.isLive(now: Date(), within: within) }
-    }
-
-    /// What a relayed request carries: who relayed it, and the caller's credentials.
-    func relayHeaders(_ request: Request) -> [(String, String)] {
-        var h = [("X-Sandpit-Forwarded-By", svc.config.node)]
-        if let auth = request.headers[.authorization] { h.append(("Authorization", auth)) }
-        return h
-    }
-
-    /// GET /executions/{id}/events of a run on another node: its stream, relayed as it
-    /// comes (the owner's answer, whatever it is, is passed on).
-    func relayEvents(_ id: Int64, from owner: NodeRow, _ request: Request) async throws -> Response {
-        let upstream: Remote.Stream
-        do {
-            upstream = try await Remote.stream(server: owner.url!, path: "/executions/\(id)/events", headers: relayHeaders(request))
-        } catch {
-            throw APIError(.badGateway, "node_unreachable", "execution \(id) runs on node \(owner.name), which did not answer at \(owner.url!): \(error)")
-        }
-        var headers: HTTPFields = upstream.status == 200 ? eventStreamHeaders(id: id) : [.contentType: upstream.headers["content-type"] ?? "application/json"]
-        headers[nodeHeader] = owner.name
-        return Response(status: .init(code: upstream.status), headers: headers, body: ResponseBody { writer in
-            defer { upstream.close() }
-            for try await chunk in upstream.body {
-                try await writer.write(ByteBuffer(bytes: chunk))
-            }
-            try await writer.finish(nil)
-        })
-    }
-
-    /// DELETE /executions/{id} of a run on another node: asked of that node.
-    func relayCancel(_ id: Int64, to owner: NodeRow, _ request: Request) async throws -> Response {
-        let (status, body): (Int, [UInt8])
-        do {
-            (status, body) = try await Remote.request(server: owner.url!, method: "DELETE", path: "/executions/\(id)",
-                                                      token: nil, headers: relayHeaders(request))
-        } catch {
-            throw APIError(.badGateway, "node_unreachable", "execution \(id) runs on node \(owner.name), which did not answer at \(owner.url!): \(error)")
-        }
-        var headers: HTTPFields = [.contentType: "application/json"]
-        headers[HTTPField.Name("X-Execution-Id")!] = String(id)
-        headers[nodeHeader] = owner.name
-        return Response(status: .init(code: status), headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: body)))
+        guard request.headers[forwardedBy] == nil, let record = try await svc.log.get(id: id), record.status == "running" else { return nil }
+        return try await Relay(svc: svc).owner(record.host, request)
     }
 
     /// A finished run's events from the log: started, its stored samples, its result.
@@ -291,7 +245,7 @@ struct LiveController: Sendable {
     @Sendable func cancel(_ request: Request, context: BasicRequestContext) async throws -> Response {
         let id = try rowID(context)
         guard let run = svc.live.get(id) else {
-            if let owner = try await remoteOwner(id, request) { return try await relayCancel(id, to: owner, request) }
+            if let owner = try await remoteOwner(id, request) { return try await Relay(svc: svc).forward(request, body: nil, to: owner, what: "execution \(id)") }
             throw try await notLive(id)
         }
         let events = run.events.subscribe()
@@ -488,9 +442,6 @@ func resultResponse(_ result: ExecutionResult, id: Int64) -> Response {
 }
 
 /// The head of an event stream of the execution `id`.
-/// The header a node puts on a request it relays to another node.
-let forwardedBy = HTTPField.Name("X-Sandpit-Forwarded-By")!
-
 func eventStreamHeaders(id: Int64) -> HTTPFields {
     var headers: HTTPFields = [.contentType: "text/event-stream", .cacheControl: "no-store"]
     headers[HTTPField.Name("X-Execution-Id")!] = String(id)

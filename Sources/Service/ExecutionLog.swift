@@ -122,6 +122,8 @@ public struct SessionRow: Sendable, Equatable {
     public var labels: [String: String] = [:]
     /// The session's settings (limits, timeouts) as JSON text.
     public var settings: String?
+    /// The node that holds it (read from the log; a store writes its own).
+    public var host: String?
     public init(id: String, name: String, createdAt: Date) {
         self.id = id
         self.name = name

@@ -551,14 +551,15 @@ public final class PostgresStore: ExecutionLog, Sendable {
     }
 
     public func session(id: String) async throws -> SessionRow? {
-        guard let row = try await run("SELECT id, name, created_at, ended_at, end_reason, executions, labels, settings FROM sessions WHERE id = ?", [.text(id)]).first else { return nil }
-        let (sid, name, created, ended, reason, n, labels, settings) = try row.decode((String, String, Date, Date?, String?, Int64, String?, String?).self)
+        guard let row = try await run("SELECT id, name, created_at, ended_at, end_reason, executions, labels, settings, host FROM sessions WHERE id = ?", [.text(id)]).first else { return nil }
+        let (sid, name, created, ended, reason, n, labels, settings, host) = try row.decode((String, String, Date, Date?, String?, Int64, String?, String?, String?).self)
         var s = SessionRow(id: sid, name: name, createdAt: created)
         s.endedAt = ended
         s.endReason = reason
         s.executions = Int(n)
         s.labels = Labels.parse(labels)
         s.settings = settings
+        s.host = host
         return s
     }
 

@@ -150,7 +150,7 @@ public enum Remote {
     /// Content-Length or to the end of the connection) follows in `body`, read on a
     /// thread of its own. A silent peer is given up on after `idleTimeout` seconds.
     public static func stream(server: String, method: String = "GET", path: String, headers: [(String, String)] = [],
-                              idleTimeout: Int = 60) async throws -> Stream {
+                              body: [UInt8] = [], contentType: String = "application/json", idleTimeout: Int = 60) async throws -> Stream {
         try await withCheckedThrowingContinuation { (c: CheckedContinuation<Stream, any Error>) in
             let t = Thread {
                 let fd: Int32
@@ -159,7 +159,7 @@ public enum Remote {
                     var tv = timeval(tv_sec: idleTimeout, tv_usec: 0)
                     _ = setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
                     do {
-                        try sendRequest(fd, method: method, path: path, body: [], contentType: "application/json", token: nil, headers: headers)
+                        try sendRequest(fd, method: method, path: path, body: body, contentType: contentType, token: nil, headers: headers)
                     } catch { close(fd); throw error }
                 } catch { c.resume(throwing: error); return }
                 var buf = [UInt8](repeating: 0, count: 64 << 10)

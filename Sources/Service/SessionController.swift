@@ -133,6 +133,18 @@ struct SessionController: Sendable {
         }
     }
 
+    /// A request about a live session that another node holds (by its id: names are
+    /// kept per node), relayed to that node; nil when it is not one.
+    func relayed(_ request: Request, _ context: BasicRequestContext, bodyLimit: Int) async throws -> Response? {
+        let key = context.parameters.get("id") ?? ""
+        guard request.headers[forwardedBy] == nil, svc.sessions.find(key) == nil,
+              let row = try await svc.log.session(id: key), row.endedAt == nil,
+              let owner = try await Relay(svc: svc).owner(row.host, request) else { return nil }
+        let hasBody = request.method == .post || request.method == .put
+        return try await Relay(svc: svc).forward(request, body: hasBody ? try await body(request, limit: bodyLimit) : nil,
+                                                 to: owner, what: "session \(row.id)")
+    }
+
     /// The live session named by the path's `id` (its id or its name).
     func entry(_ context: BasicRequestContext) throws -> SessionEntry {
         let key = context.parameters.get("id") ?? ""
@@ -202,6 +214,7 @@ struct SessionController: Sendable {
     }
 
     @Sendable func show(_ request: Request, context: BasicRequestContext) async throws -> Response {
+        if let r = try await relayed(request, context, bodyLimit: svc.config.maxBodyBytes) { return r }
         if let e = svc.sessions.find(context.parameters.get("id") ?? "") { return JSONBody.response(e.json()) }
         // An ended session: its row.
         let key = context.parameters.get("id") ?? ""
@@ -210,6 +223,7 @@ struct SessionController: Sendable {
     }
 
     @Sendable func delete(_ request: Request, context: BasicRequestContext) async throws -> Response {
+        if let r = try await relayed(request, context, bodyLimit: svc.config.maxBodyBytes) { return r }
         let e = try entry(context)
         await svc.endSession(e, reason: "deleted")
         if let row = try await svc.log.session(id: e.session.id) { return JSONBody.response(SessionSettings.json(row)) }
@@ -217,6 +231,7 @@ struct SessionController: Sendable {
     }
 
     @Sendable func restart(_ request: Request, context: BasicRequestContext) async throws -> Response {
+        if let r = try await relayed(request, context, bodyLimit: svc.config.maxBodyBytes) { return r }
         let e = try entry(context)
         e.begin()
         defer { e.done() }
@@ -229,6 +244,7 @@ struct SessionController: Sendable {
     }
 
     @Sendable func execute(_ request: Request, context: BasicRequestContext) async throws -> Response {
+        if let r = try await relayed(request, context, bodyLimit: svc.config.maxBodyBytes) { return r }
         let e = try entry(context)
         let o = try StrictObject(try await body(request, limit: svc.config.maxBodyBytes), known: Self.executeFields)
         guard let code = try o.string("code") else { throw ExecuteBody.invalid("'code' is required") }
@@ -323,6 +339,7 @@ struct SessionController: Sendable {
     }
 
     @Sendable func upload(_ request: Request, context: BasicRequestContext) async throws -> Response {
+        if let r = try await relayed(request, context, bodyLimit: Self.maxFileBytes) { return r }
         let e = try entry(context)
         e.begin()
         defer { e.done() }
@@ -342,6 +359,7 @@ struct SessionController: Sendable {
     }
 
     @Sendable func download(_ request: Request, context: BasicRequestContext) async throws -> Response {
+        if let r = try await relayed(request, context, bodyLimit: svc.config.maxBodyBytes) { return r }
         let e = try entry(context)
         e.begin()
         defer { e.done() }
@@ -356,6 +374,7 @@ struct SessionController: Sendable {
     }
 
     @Sendable func listFiles(_ request: Request, context: BasicRequestContext) async throws -> Response {
+        if let r = try await relayed(request, context, bodyLimit: svc.config.maxBodyBytes) { return r }
         let e = try entry(context)
         e.begin()
         defer { e.done() }

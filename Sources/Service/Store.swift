@@ -317,6 +317,7 @@ public final class ExecutionStore: ExecutionLog {
             s.executions = r["executions"]
             s.labels = Labels.parse(r["labels"])
             s.settings = r["settings"]
+            s.host = r["host"]
             return s
         }
     }
