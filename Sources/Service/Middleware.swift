@@ -1,8 +1,6 @@
 import HTTPTypes
 import Hummingbird
 
-/// Requires `Authorization: Bearer <token>` on every route but /health and the
-/// dashboard's files (`/`, `/ui/...`: they hold no data; its script sends the token).
 /// Names the node that answered (`X-Sandpit-Node`) on every answer, errors included, so
 /// that behind a balancer a client and an operator can tell which one served a request.
 /// A relayed answer keeps the name of the node that produced it.
@@ -23,6 +21,8 @@ struct NodeHeaderMiddleware<Context: RequestContext>: RouterMiddleware {
 
 let nodeHeader = HTTPField.Name("X-Sandpit-Node")!
 
+/// Requires `Authorization: Bearer <token>` on every route but /health and the
+/// dashboard's files (`/`, `/ui/...`: they hold no data; its script sends the token).
 struct TokenMiddleware<Context: RequestContext>: RouterMiddleware {
     let token: String
 

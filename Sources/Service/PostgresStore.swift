@@ -129,6 +129,8 @@ public final class PostgresStore: ExecutionLog, Sendable {
         func abandon() -> Bool { phase.compareExchange(expected: 0, desired: 2, ordering: .sequentiallyConsistent).exchanged }
         func answer() -> Bool { done.compareExchange(expected: false, desired: true, ordering: .sequentiallyConsistent).exchanged }
         var answered: Bool { done.load(ordering: .sequentiallyConsistent) }
+        /// The deadline's task, stopped once the work has answered.
+        let timer = Mutex<Task<Void, Never>?>(nil)
     }
 
     /// How long a statement (or a transaction) may take once it has its connection.
@@ -166,8 +168,9 @@ public final class PostgresStore: ExecutionLog, Sendable {
                     } catch {
                         if race.answer() { c.resume(throwing: error) }
                     }
+                    race.timer.withLock { $0?.cancel() }
                 }
-                Task {
+                let timer = Task {
                     try? await Task.sleep(for: leaseTimeout)
                     if race.abandon() {
                         if race.answer() { c.resume(throwing: LeaseTimeout()) }
@@ -181,6 +184,7 @@ public final class PostgresStore: ExecutionLog, Sendable {
                         work.cancel()
                     }
                 }
+                race.timer.withLock { $0 = timer }
             }
         } catch {
             failed(error)
@@ -393,9 +397,7 @@ public final class PostgresStore: ExecutionLog, Sendable {
 
     public func maintain(_ retention: Retention, now: Date) async throws -> MaintenanceReport {
         var report = MaintenanceReport()
-        report.completed = try await unfinished.flush { p in
-            try await finishRow(id: p.id, result: p.result, finishedAt: p.finishedAt, samples: p.samples)
-        }
+        report.completed = try await completePending()
         if let days = retention.days {
             report.deleted += try await run("DELETE FROM execution_logs WHERE created_at < ? AND status != 'running' RETURNING id",
                                             [.date(now.addingTimeInterval(-days * 86400))]).count

@@ -164,25 +164,18 @@ public enum Remote {
                 } catch { c.resume(throwing: error); return }
                 var buf = [UInt8](repeating: 0, count: 64 << 10)
                 var data = [UInt8]()
-                let sep: [UInt8] = [13, 10, 13, 10]
-                var headEnd: Int?
-                while headEnd == nil {
+                var end: Int?
+                while end == nil {
                     let n = read(fd, &buf, buf.count)
                     if n < 0 && errno == EINTR { continue }
                     if n <= 0 { close(fd); c.resume(throwing: Failure(description: "\(server) closed the connection without an answer")); return }
                     let from = max(0, data.count - 3)
                     data += buf[0..<n]
-                    headEnd = data.indices.dropFirst(from).first { data[$0...].starts(with: sep) }
+                    end = headEnd(data, from: from)
                 }
-                let lines = String(decoding: data[..<headEnd!], as: UTF8.self).components(separatedBy: "\r\n")
-                let parts = lines.first?.split(separator: " ") ?? []
-                guard parts.count >= 2, let status = Int(parts[1]) else {
+                let headEnd = end!
+                guard let (status, fields) = head(data[..<headEnd]) else {
                     close(fd); c.resume(throwing: Failure(description: "bad status line from \(server)")); return
-                }
-                var fields = [String: String]()
-                for l in lines.dropFirst() {
-                    guard let colon = l.firstIndex(of: ":") else { continue }
-                    fields[l[..<colon].lowercased()] = l[l.index(after: colon)...].trimmingCharacters(in: .whitespaces)
                 }
                 let (body, out) = AsyncThrowingStream<[UInt8], any Error>.makeStream()
                 let stream = Stream(status: status, headers: fields, body: body, fd: fd)
@@ -190,7 +183,7 @@ public enum Remote {
                 c.resume(returning: stream)
                 var decoder = BodyDecoder(chunked: fields["transfer-encoding"]?.lowercased().contains("chunked") ?? false,
                                           length: fields["content-length"].flatMap { Int($0) })
-                var pending = Array(data[(headEnd! + 4)...])
+                var pending = Array(data[(headEnd + 4)...])
                 while true {
                     let (payload, done) = decoder.feed(pending)
                     if !payload.isEmpty { out.yield(payload) }
@@ -271,31 +264,30 @@ public enum Remote {
     /// Status and body of an HTTP/1.1 response read to the end of the connection
     /// (Content-Length or chunked).
     static func parse(_ data: [UInt8]) throws -> (Int, [UInt8]) {
-        let sep: [UInt8] = [13, 10, 13, 10]
-        guard let end = data.indices.first(where: { data[$0...].starts(with: sep) }) else {
-            throw Failure(description: "the service closed the connection without an answer")
+        guard let end = headEnd(data) else { throw Failure(description: "the service closed the connection without an answer") }
+        guard let (status, fields) = head(data[..<end]) else {
+            throw Failure(description: "bad status line \(String(decoding: data.prefix(while: { $0 != 13 }).prefix(200), as: UTF8.self))")
         }
-        let head = String(decoding: data[..<end], as: UTF8.self).components(separatedBy: "\r\n")
-        let parts = head.first?.split(separator: " ") ?? []
-        guard parts.count >= 2, let status = Int(parts[1]) else { throw Failure(description: "bad status line \(head.first ?? "")") }
-        var body = Array(data[(end + 4)...])
-        let chunked = head.dropFirst().contains { $0.lowercased().hasPrefix("transfer-encoding:") && $0.lowercased().contains("chunked") }
-        if chunked {
-            var out = [UInt8]()
-            var i = 0
-            while i < body.count {
-                guard let lineEnd = body[i...].indices.first(where: { body[$0...].starts(with: [13, 10]) }),
-                      let size = Int(String(decoding: body[i..<lineEnd], as: UTF8.self).split(separator: ";")[0], radix: 16)
-                else { break }
-                if size == 0 { break }
-                let start = lineEnd + 2
-                guard start + size <= body.count else { break }
-                out += body[start..<(start + size)]
-                i = start + size + 2
-            }
-            body = out
+        var decoder = BodyDecoder(chunked: fields["transfer-encoding"]?.lowercased().contains("chunked") ?? false, length: nil)
+        return (status, decoder.feed(Array(data[(end + 4)...])).0)
+    }
+
+    /// Where the head of an answer ends (its blank line), looking from `from` on.
+    static func headEnd(_ data: [UInt8], from: Int = 0) -> Int? {
+        data.indices.dropFirst(from).first { data[$0...].starts(with: [13, 10, 13, 10]) }
+    }
+
+    /// The status and the fields (names in lower case) of an answer's head.
+    static func head(_ bytes: ArraySlice<UInt8>) -> (Int, [String: String])? {
+        let lines = String(decoding: bytes, as: UTF8.self).components(separatedBy: "\r\n")
+        let parts = lines.first?.split(separator: " ") ?? []
+        guard parts.count >= 2, let status = Int(parts[1]) else { return nil }
+        var fields = [String: String]()
+        for l in lines.dropFirst() {
+            guard let colon = l.firstIndex(of: ":") else { continue }
+            fields[l[..<colon].lowercased()] = l[l.index(after: colon)...].trimmingCharacters(in: .whitespaces)
         }
-        return (status, body)
+        return (status, fields)
     }
 }
 

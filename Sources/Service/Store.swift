@@ -212,9 +212,7 @@ public final class ExecutionStore: ExecutionLog {
     @discardableResult
     public func maintain(_ retention: Retention, now: Date) async throws -> MaintenanceReport {
         var report = MaintenanceReport()
-        report.completed = try await unfinished.flush { p in
-            try await finishRow(id: p.id, result: p.result, finishedAt: p.finishedAt, samples: p.samples)
-        }
+        report.completed = try await completePending()
         let cutoff = retention.days.map { now.addingTimeInterval(-$0 * 86400) }
         let rows = retention.rows
         report.deleted = try await write { db in

@@ -26,7 +26,9 @@ struct RelayTests {
         let db = tempDB()
         defer { removeDB(db) }
         let alpha = try await open(db, "alpha", beat: .seconds(3600))
-        let beta = try await open(db, "beta")
+        // (beta judges alpha live within three of its own heartbeats: 15 s, so a loaded
+        // machine's pauses do not make alpha look gone)
+        let beta = try await open(db, "beta", beat: .seconds(5))
         try await buildApplication(alpha).test(.live) { ac in
             let alphaURL = "http://127.0.0.1:\(try #require(ac.port))"
             try await alpha.log.heartbeat({ var r = await alpha.nodeRow(); r.url = alphaURL; return r }())
