@@ -50,6 +50,12 @@ struct Run: AsyncParsableCommand {
     var server: String?
     @Option(help: "With --server: the warm template to fork from, by its modules ('numpy'), or 'auto' (the default: the one that fits the code's imports, else cold).")
     var warm: String?
+    @Option(help: "The run's network: 'none' (the default: loopback only) or a comma-separated allow-list, e.g. '10.1.2.3:443,udp://192.0.2.0/24:53,db.internal:5432'.")
+    var network: String = "none"
+    @Option(help: "With --network: egress limit in bytes/s.") var networkRate: UInt64?
+    @Option(help: "Addresses of runs with network: a private IPv4 range, one /30 per run.") var networkRange: String = "10.213.0.0/16"
+    @Option(name: .customLong("network-host"), help: "A name the run's resolver answers, NAME=ADDRESS[,ADDRESS] (repeatable), before the host's resolver.")
+    var networkHosts: [String] = []
     @Flag(help: "With --server: start python3 cold, never from a warm template.")
     var cold = false
 
@@ -120,6 +126,8 @@ struct Run: AsyncParsableCommand {
         } else {
             body["warm"] = true
         }
+        if let entries = Self.networkEntries(network) { body["network"] = ["allow": entries] }
+        if let networkRate { body["network_rate"] = networkRate }
         return Array(try JSONSerialization.data(withJSONObject: body))
     }
 
@@ -181,12 +189,29 @@ struct Run: AsyncParsableCommand {
             guard let data = FileManager.default.contents(atPath: stdin) else { throw ValidationError("cannot read \(stdin)") }
             req.stdin = Array(data)
         }
+        // The CLI's caller is the operator: any destination outside the runs' range.
+        var netSettings = NetworkSettings()
+        netSettings.allowMax = [IPv4Net("0.0.0.0/0")!]
+        do throws(NetworkPolicyError) {
+            guard let range = IPv4Net(networkRange) else { throw NetworkPolicyError("--network-range: '\(networkRange)' is not an IPv4 network") }
+            try NetworkSettings.checkRange(range)
+            netSettings.range = range
+            for h in networkHosts { try netSettings.addHost(h) }
+            if let entries = Self.networkEntries(network) {
+                req.network = try NetworkPolicy.parse(entries, rate: networkRate).resolved(with: netSettings)
+            } else if networkRate != nil {
+                throw NetworkPolicyError("--network-rate needs --network with an allow-list")
+            }
+        } catch {
+            throw ValidationError(error.message)
+        }
         var logger = Logger(label: "sandpit")
         logger.logLevel = ProcessInfo.processInfo.environment["SANDPIT_LOG"].flatMap { Logger.Level(rawValue: $0) } ?? .warning
         // One run: cloning this small process is cheaper than starting a launcher, and
         // nothing is prepared or kept for a next run.
         var settings = SandboxSettings.oneShot()
         settings.alertRules = try parsedAlertRules()
+        settings.network = netSettings
         let sandbox = Sandbox(settings: settings, logger: logger)
         // The log is opened (and migrated) before the run: a bad path fails before any code runs.
         let store = try logDB.map { path -> ExecutionStore in
@@ -231,6 +256,13 @@ struct Run: AsyncParsableCommand {
         await sandbox.quiesce()  // the run's cgroup and scratch are gone before we exit
         sandbox.sweepStale()     // and so is anything an earlier, crashed sandpit left
         throw ExitCode(Int32(exitStatus(result)))
+    }
+
+    /// `--network`'s entries; nil for `none`.
+    static func networkEntries(_ spec: String) -> [String]? {
+        let s = spec.trimmingCharacters(in: .whitespaces)
+        if s.isEmpty || s == "none" { return nil }
+        return s.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) }
     }
 
     func exitStatus(_ r: ExecutionResult) -> Int {

@@ -42,6 +42,31 @@ struct Serve: AsyncParsableCommand {
     var nodeName: String?
     @Option(name: .customLong("advertise-url"), help: "Where the other nodes reach this one (http://HOST:PORT); they relay its runs' live events and cancels through it. Default: from --host and --port.")
     var advertiseURL: String?
+    @Option(name: .customLong("network-allow-max"), parsing: .upToNextOption,
+            help: "IPv4 networks runs' network policies may allow at all (CIDR...); a request asking for more is a 400. Default: none (no run gets network).")
+    var networkAllowMax: [String] = []
+    @Option(help: "Addresses of runs with network: a private IPv4 range, one /30 per run.") var networkRange: String = "10.213.0.0/16"
+    @Option(name: .customLong("network-host"), help: "A name runs may allow and their resolver answers, NAME=ADDRESS[,ADDRESS] (repeatable), looked up before the host's resolver.")
+    var networkHosts: [String] = []
+
+    func networkSettings() throws -> NetworkSettings {
+        var n = NetworkSettings()
+        do throws(NetworkPolicyError) {
+            guard let range = IPv4Net(networkRange) else { throw NetworkPolicyError("--network-range: '\(networkRange)' is not an IPv4 network") }
+            try NetworkSettings.checkRange(range)
+            n.range = range
+            if !networkAllowMax.isEmpty {
+                n.allowMax = try networkAllowMax.map { s throws(NetworkPolicyError) in
+                    guard let net = IPv4Net(s) else { throw NetworkPolicyError("--network-allow-max: '\(s)' is not an IPv4 network (a.b.c.d/n)") }
+                    return net
+                }
+            }
+            for h in networkHosts { try n.addHost(h) }
+        } catch {
+            throw ValidationError(error.message)
+        }
+        return n
+    }
 
     func warmSpecs() throws -> [WarmSpec] {
         do {
@@ -71,6 +96,7 @@ struct Serve: AsyncParsableCommand {
         if retainDays < 0 || retainRows < 0 || logOutputLimit < 0 { throw ValidationError("retention values must not be negative") }
         _ = try alertRules()
         _ = try warmSpecs()
+        _ = try networkSettings()
     }
 
     func run() async throws {
@@ -92,6 +118,10 @@ struct Serve: AsyncParsableCommand {
         config.alertRules = try alertRules()
         for r in config.alertRules { logger.info("alert rule \(r)") }
         config.warmTemplates = try warmSpecs()
+        config.network = try networkSettings()
+        if let max = config.network.allowMax {
+            logger.info("network: runs may allow \(max.map(\.description).joined(separator: ", ")); their addresses from \(config.network.range)")
+        }
         guard maxSessions >= 0 else { throw ValidationError("--max-sessions must be 0 or more") }
         guard sessionFreezeAfter > 0, sessionIdleTimeout > 0 else { throw ValidationError("session timeouts must be positive") }
         config.maxSessions = maxSessions

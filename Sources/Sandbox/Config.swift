@@ -80,6 +80,8 @@ public struct ExecutionRequest: Sendable {
     /// Run the program as a notebook cell and return its rich results (a final
     /// expression's value, figures, the exception); always a cold start.
     public var richResults = false
+    /// The run's network, resolved (`NetworkPolicy.resolved(with:)`); nil: loopback only.
+    public var network: NetworkPolicy?
     /// The runtime's interpreter (`--python`).
     public var python: String {
         get { runtime.interpreter }
@@ -124,6 +126,8 @@ public struct SandboxSettings: Sendable {
     /// (PYTHONPATH of the template only; runs do not see these directories). For the
     /// tests, which need a module they can change on a read-only host.
     public var warmExtraPath: [String] = []
+    /// What runs' network policies may allow, and where their addresses come from.
+    public var network = NetworkSettings()
 
     /// Settings for a process that runs once and exits (the CLI): nothing is kept or
     /// prepared for later runs.

@@ -151,6 +151,8 @@ final class Execution: @unchecked Sendable {
     let stdinFD: FD, stdoutW: FD, stderrW: FD, execW: FD, reportW: FD, releaseR: FD, metricsW: FD
     /// The run's network namespace (given back to the sandbox's pool at teardown).
     let nsfd: FD
+    /// The run's link out and its filter, when its request has a network policy.
+    let network: NetworkAttachment?
     var pid: pid_t = 0
     /// The init's pidfd: closed in `teardown()` under `stopState`'s lock, which
     /// `stop(reason:)` signals through (so not an `FD`).
@@ -238,7 +240,26 @@ final class Execution: @unchecked Sendable {
         // The program may open its pipes again by path (/dev/stdout, SANDPIT_METRICS=/dev/fd/3),
         // which checks the pipe's owner: the run's user.
         for fd in [stdoutW, stderrW, metricsW] { _ = fchown(fd.raw, sandbox.settings.uid, sandbox.settings.gid) }
-        nsfd = FD(sandbox.takeNetns())
+        // A run with network gets a namespace of its own (never one kept for reuse);
+        // a session's interpreter has none (loopback only).
+        let policy = hold == nil ? request.network : nil
+        nsfd = FD(policy != nil ? sp_new_netns() : sandbox.takeNetns())
+        if let policy {
+            do {
+                guard nsfd.isValid else { throw SandboxError(.setup, "network: no network namespace", errno: 0) }
+                network = try NetworkAttachment.attach(netns: nsfd.raw, policy: policy, settings: sandbox.settings.network,
+                                                       logger: sandbox.logger)
+            } catch {
+                if case .success(let (s, m))? = prep?.wait() {
+                    close(m)
+                    sandbox.recycle(s)
+                }
+                try? backend.remove(run)
+                throw error
+            }
+        } else {
+            network = nil
+        }
         if let hold {
             stdinFD = FD(fcntl(hold.control, F_DUPFD_CLOEXEC, 3))
             scratch = hold.scratch
@@ -296,7 +317,7 @@ final class Execution: @unchecked Sendable {
                             extraEtc: request.runtime.etcEntries, view: sandbox.launcher?.view,
                             scratchMountFD: scratchMount.raw,
                             uid: s.uid, gid: s.gid, hostname: s.hostname,
-                            shmBytes: min(64 << 20, request.limits.memoryBytes / 2))
+                            shmBytes: min(64 << 20, request.limits.memoryBytes / 2), network: network != nil)
         let ops: [sp_mount_op] = plan.ops.map { op in
             var c = sp_mount_op()
             c.kind = op.kind.rawValue

@@ -82,6 +82,9 @@ public struct ExecutionResult: Sendable, Equatable {
     public var returnedFiles: String?
     /// Some matched files were left out (over 100 files or 10 MiB).
     public var filesTruncated = false
+    /// A run with network: its breakdown (`NetworkBreakdown.json`) as JSON text; nil
+    /// for a run without (loopback only).
+    public var network: String?
 
     public init(containerID: String, containerName: String, startedAt: Date) {
         success = false

@@ -52,7 +52,7 @@ public struct RootPlan: Sendable {
     /// where the launcher keeps its overlay of the host root (used for source root "/").
     public init(newRoot: String, sourceRoot: String, extraEtc: [String] = [], view hostView: String? = nil,
                 scratchMountFD: Int32,
-                uid: UInt32, gid: UInt32, hostname: String, shmBytes: UInt64) {
+                uid: UInt32, gid: UInt32, hostname: String, shmBytes: UInt64, network: Bool = false) {
         self.newRoot = newRoot
         let r = newRoot
         let src = sourceRoot == "/" ? "" : sourceRoot
@@ -102,8 +102,9 @@ public struct RootPlan: Sendable {
             ("group", "root:x:0:\nsandbox:x:\(gid):\n"),
             ("hostname", hostname + "\n"),
             ("hosts", "127.0.0.1\tlocalhost \(hostname)\n::1\tlocalhost ip6-localhost\n"),
-            ("resolv.conf", ""),
-            ("nsswitch.conf", "passwd: files\ngroup: files\nhosts: files\n"),
+            // With network, the run's own resolver (sandpit answers it, see DNSResponder).
+            ("resolv.conf", network ? "nameserver 127.0.0.1\noptions timeout:2 attempts:2\n" : ""),
+            ("nsswitch.conf", "passwd: files\ngroup: files\nhosts: files\(network ? " dns" : "")\n"),
         ]
         for (name, content) in files {
             add(MountOp(kind: .file, dst: "\(r)/etc/\(name)", data: Array(content.utf8), mode: 0o644))

@@ -165,6 +165,8 @@ public final class Sandbox: Sendable {
         guard let backend = try? Cgroups.shared() else { return [] }
         let swept = backend.sweepStale()
         if !swept.isEmpty { logger.warning("swept \(swept.count) stale run cgroup(s): \(swept.joined(separator: ", "))") }
+        // Links, rules and tracked connections of runs with network whose process is gone.
+        NetworkAttachment.sweep(logger: logger)
         // Half-made scratch templates of a process that died while making one (a live
         // one's is younger than a minute: mkfs takes milliseconds).
         let templates = settings.stateDirectory + "/templates"
@@ -298,6 +300,11 @@ public final class Sandbox: Sendable {
             let (files, truncated) = execution.scratch.collect(request.returnFiles, maxFiles: 100, maxBytes: 10 << 20)
             out.returnedFiles = JSONValue.object(Dictionary(uniqueKeysWithValues: files.map { ($0.0, .string(Data($0.1).base64EncodedString())) })).text
             out.filesTruncated = truncated
+        }
+        // The breakdown, then the run's link and rules go before its result is out.
+        if let n = execution.network {
+            out.network = n.breakdown().json.text
+            n.detach(logger: logger)
         }
         if let w = execution.warmUsed {
             out.start = .warm

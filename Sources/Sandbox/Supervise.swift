@@ -294,7 +294,8 @@ extension Execution {
         let t1 = monotonicNanos()
         if !backend.processes(run).isEmpty { try? backend.kill(run) }
         for fd in [stdoutR, stderrR, execR, reportR, metricsR] { fd.close() }
-        sandbox.recycleNetns(nsfd.take(), quiet: netQuiet)
+        network?.detach(logger: sandbox.logger)
+        sandbox.recycleNetns(nsfd.take(), quiet: netQuiet && network == nil)
         scratchMount.close()
         // A session's cgroup and scratch are its own, kept for its next interpreter.
         if hold == nil {

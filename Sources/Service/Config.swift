@@ -52,6 +52,9 @@ public struct ServiceConfig: Sendable {
     /// they proxy the live events and the cancel of a run that runs here. Default:
     /// `http://HOST:PORT` of the TCP listener (the host name for a wildcard address).
     public var advertiseURL: String?
+    /// What runs' network policies may allow (`--network-allow-max`; none by default),
+    /// their addresses (`--network-range`) and the operator's names (`--network-host`).
+    public var network = NetworkSettings()
 
     public init(databasePath: String) {
         self.databasePath = databasePath

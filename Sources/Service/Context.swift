@@ -117,6 +117,7 @@ public final class ServiceContext: Sendable {
         settings.spareCgroup = true  // `serve` and the tests call sandbox.shutdown() at the end
         settings.alertRules = config.alertRules
         settings.warmTemplates = config.warmTemplates
+        settings.network = config.network
         let sandbox = Sandbox(settings: settings, logger: logger)
         let interrupted = try await log.markInterrupted()
         if interrupted > 0 { logger.warning("marked \(interrupted) run(s) of a previous instance as interrupted") }

@@ -45,13 +45,26 @@ struct ExecuteController: Sendable {
             throw APIError(.badRequest, "invalid_request", "the body could not be read: \(error)")
         }
         let parsed = try ExecuteBody.decode(body)
-        let req = try parsed.request(ranges: svc.config.ranges)
+        var req = try parsed.request(ranges: svc.config.ranges)
+        if let policy = req.network { req.network = try await Self.resolve(policy, svc.config.network) }
         let wantsStream = parsed.stream ?? (request.headers[.accept]?.contains("text/event-stream") ?? false)
         let run = try await admit(req, labels: parsed.labels, recordsSamples: wantsStream || parsed.samples == true)
         if wantsStream {
             return streamed(run, detach: parsed.detach ?? false)
         }
         return resultResponse(await finish(run), id: run.rowID)
+    }
+
+    /// Checks a policy against the operator's limits and resolves its names (the
+    /// host's resolver blocks: on a thread of its own, not the cooperative pool).
+    static func resolve(_ policy: NetworkPolicy, _ settings: NetworkSettings) async throws -> NetworkPolicy {
+        let r: Result<NetworkPolicy, NetworkPolicyError> = await withCheckedContinuation { c in
+            DispatchQueue.global().async { c.resume(returning: Result { () throws(NetworkPolicyError) in try policy.resolved(with: settings) }) }
+        }
+        switch r {
+        case .success(let p): return p
+        case .failure(let e): throw APIError(.badRequest, "invalid_network", e.message)
+        }
     }
 
     /// Admission and the log's row: every refusal happens here, before any answer starts.

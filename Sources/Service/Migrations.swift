@@ -173,6 +173,10 @@ public enum Schema {
             if !columns.contains("url") { try db.execute(sql: "ALTER TABLE nodes ADD COLUMN url TEXT") }
             log.say("added nodes.url")
         }
+        // A run's network breakdown (JSON).
+        m.registerMigration("v10 network") { db in
+            try addColumn(db, "network", "TEXT", log)
+        }
         return m
     }
 

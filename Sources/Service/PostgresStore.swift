@@ -274,6 +274,8 @@ public final class PostgresStore: ExecutionLog, Sendable {
             "CREATE TABLE nodes (name TEXT PRIMARY KEY, started_at TIMESTAMPTZ NOT NULL, heartbeat_at TIMESTAMPTZ NOT NULL, stopped_at TIMESTAMPTZ, max_concurrency BIGINT NOT NULL, queue_size BIGINT NOT NULL, in_flight BIGINT NOT NULL, queued BIGINT NOT NULL, sessions BIGINT NOT NULL)",
         ]), ("v2 node url", [
             "ALTER TABLE nodes ADD COLUMN url TEXT",
+        ]), ("v3 network", [
+            "ALTER TABLE execution_logs ADD COLUMN IF NOT EXISTS network TEXT",
         ])]
     }
 

@@ -23,7 +23,7 @@ struct ExecuteBody: Decodable {
     static let known: Set<String> = ["code", "stdin", "args", "container_name", "time_limit", "cpu_limit",
                                      "memory_limit", "pids_limit", "output_limit", "runtime",
                                      "stream", "detach", "sample_interval", "samples", "labels", "warm",
-                                     "files", "return_files", "rich_results"]
+                                     "files", "return_files", "rich_results", "network", "network_rate"]
 
     var code: String
     var stdin: String?
@@ -49,6 +49,10 @@ struct ExecuteBody: Decodable {
     var returnFiles: [String] = []
     /// `rich_results`: run as a notebook cell, return `results` and `exception`.
     var richResults: Bool?
+    /// `network`: "none", or {"allow": [entries]}; nil when absent (none).
+    var networkAllow: [String]?
+    /// `network_rate`: egress bytes/s (with an allow-list).
+    var networkRate: Double?
 
     static func invalid(_ detail: String) -> APIError { APIError(.badRequest, "invalid_request", detail) }
 
@@ -107,6 +111,24 @@ struct ExecuteBody: Decodable {
         sampleInterval = try field("sample_interval", Double.self, "a number")
         samples = try field("samples", Bool.self, "a boolean")
         richResults = try field("rich_results", Bool.self, "a boolean")
+        networkRate = try field("network_rate", Double.self, "a number")
+        if c.contains(AnyKey("network")), try !c.decodeNil(forKey: AnyKey("network")) {
+            if let s = try? c.decode(String.self, forKey: AnyKey("network")) {
+                guard s == "none" else { throw Self.invalid("'network' must be \"none\" or an object {\"allow\": [...]}") }
+            } else if let o = try? c.decode([String: JSONKind].self, forKey: AnyKey("network")) {
+                if let k = o.keys.sorted().first(where: { $0 != "allow" }) {
+                    throw Self.invalid("'network': unknown field '\(k.prefix(64))' (known: allow)")
+                }
+                let n = try c.nestedContainer(keyedBy: AnyKey.self, forKey: AnyKey("network"))
+                guard let entries = try? n.decode([String].self, forKey: AnyKey("allow")) else {
+                    throw Self.invalid("'network.allow' must be an array of strings")
+                }
+                networkAllow = entries
+            } else {
+                let kind = try c.decode(JSONKind.self, forKey: AnyKey("network"))
+                throw Self.invalid("'network' must be \"none\" or an object {\"allow\": [...]}, not \(kind.rawValue)")
+            }
+        }
         if c.contains(AnyKey("warm")), try !c.decodeNil(forKey: AnyKey("warm")) {
             if let b = try? c.decode(Bool.self, forKey: AnyKey("warm")) {
                 warm = b ? .auto : .cold
@@ -223,6 +245,16 @@ struct ExecuteBody: Decodable {
         if let v = try integer("memory_limit", memoryLimit, Double(mem.lowerBound)...Double(mem.upperBound)) { req.limits.memoryBytes = v }
         if let v = try integer("pids_limit", pidsLimit, Double(pids.lowerBound)...Double(pids.upperBound)) { req.limits.pids = v }
         if let v = try integer("output_limit", outputLimit, Double(out.lowerBound)...Double(out.upperBound)) { req.limits.outputBytes = Int(v) }
+        if let allow = networkAllow {
+            let rate = try integer("network_rate", networkRate, 1024...Double(10 << 30))
+            do {
+                req.network = try NetworkPolicy.parse(allow, rate: rate)
+            } catch {
+                throw APIError(.badRequest, "invalid_network", error.message)
+            }
+        } else if networkRate != nil {
+            throw Self.invalid("'network_rate' needs a network with an allow-list")
+        }
         return req
     }
 }

@@ -177,7 +177,7 @@ struct ServiceBasicsTests {
                                                                       "code_sha256", "labels", "custom_metrics",
                                                                       "custom_metrics_rejected", "alerts", "start", "warm_template",
                                                                       "memory_shared", "execution_index", "memory_peak_method", "results",
-                                                                      "exception", "session"])
+                                                                      "exception", "session", "network"])
         #expect(lines.contains("created table execution_samples"))
         #expect(lines.contains("created table sessions"))
         #expect(lines.contains("created table execution_labels"))

@@ -216,6 +216,24 @@ int sp_template_start(const char *exe, const char *view, const char *empty, cons
 /// (~0.6 ms) off a run's critical path.
 int sp_new_netns(void);
 
+// ---- a run's network attachment (net.c); addresses in network byte order ----
+/// A veth pair: `host_name` here, `peer_name` in the namespace `peer_netns_fd`. 0 or -errno.
+int sp_veth_create(const char *host_name, const char *peer_name, int peer_netns_fd);
+/// Deletes the link `name` (a veth takes its peer with it). 0 or -errno.
+int sp_link_delete(const char *name);
+/// The host end: address, up, IPv6 off. 0 or -errno.
+int sp_net_host_side(const char *ifname, uint32_t addr, int prefix);
+/// Inside the namespace: address on `ifname`, up, default route via `gateway`, IPv6
+/// off, and a UDP socket bound to 127.0.0.1:53 there (`*dns_fd`). 0 or -errno.
+int sp_net_inside(int netns_fd, const char *ifname, uint32_t addr, int prefix, uint32_t gateway, int *dns_fd);
+/// Deletes the tracked connections (all families) whose mark is `mark`. 0 or -errno.
+int sp_conntrack_flush_mark(uint32_t mark);
+/// 1 when libnftables.so.1 could be loaded.
+int sp_nft_available(void);
+/// Runs nft commands (the nft(8) language); output and error text are malloc'd
+/// (free them). 0, -EINVAL when nft refused them, -ENOSYS without libnftables.
+int sp_nft_run(const char *commands, int json, char **output, char **error);
+
 /// pidfd_send_signal(2).
 int sp_pidfd_send_signal(int pidfd, int sig);
 /// pidfd_open(2), close-on-exec; -errno on failure.
