@@ -75,6 +75,16 @@ struct Doctor: ParsableCommand {
         let mkfs = ["/usr/sbin/mkfs.ext4", "/sbin/mkfs.ext4"].first { (p: String) in access(p, X_OK) == 0 }
         mkfs != nil ? ok("mkfs.ext4", mkfs!) : fail("mkfs.ext4", "missing", fix: "apt-get install e2fsprogs")
         access(python, X_OK) == 0 ? ok("python", python) : fail("python", "\(python) missing", fix: "apt-get install python3 python3-numpy, or use --rootfs with rootfs/build")
+        // Runs with network (optional: without it, every run is loopback only).
+        let net = NetworkAttachment.hostSupport()
+        if !net.libnftables {
+            warn("runs with network", "libnftables.so.1 missing — requests with a network policy fail", fix: "apt-get install nftables")
+        } else if !net.nfTables {
+            warn("runs with network", "the kernel refuses nftables", fix: "modprobe nf_tables nft_ct nft_nat nft_masq nft_fib_inet nft_reject_inet nft_limit veth")
+        } else {
+            let forwarding = (SysFile.read("/proc/sys/net/ipv4/ip_forward") ?? "0").hasPrefix("1")
+            ok("runs with network", "nftables ready; IPv4 forwarding " + (forwarding ? "on" : "off (turned on at the first run with network; other forwarding stays dropped)"))
+        }
         let state = SandboxSettings().stateDirectory
         ok("state directory", state)
         print(lines.joined(separator: "\n"))

@@ -48,6 +48,8 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Addresses of runs with network: a private IPv4 range, one /30 per run.") var networkRange: String = "10.213.0.0/16"
     @Option(name: .customLong("network-host"), help: "A name runs may allow and their resolver answers, NAME=ADDRESS[,ADDRESS] (repeatable), looked up before the host's resolver.")
     var networkHosts: [String] = []
+    @Flag(name: .customLong("network-names-only"), help: "Allow only --network-host names in policies; never ask the host's resolver.")
+    var networkNamesOnly = false
 
     func networkSettings() throws -> NetworkSettings {
         var n = NetworkSettings()
@@ -62,6 +64,7 @@ struct Serve: AsyncParsableCommand {
                 }
             }
             for h in networkHosts { try n.addHost(h) }
+            n.hostResolver = !networkNamesOnly
         } catch {
             throw ValidationError(error.message)
         }

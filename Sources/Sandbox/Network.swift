@@ -115,6 +115,12 @@ public final class NetworkAttachment: @unchecked Sendable {
         if f < 0 && f != -ENOENT { logger?.debug("network: conntrack flush for \(hostName): \(String(cString: strerror(-f)))") }
     }
 
+    /// What `doctor` reports: libnftables loads; the kernel answers nftables.
+    public static func hostSupport() -> (libnftables: Bool, nfTables: Bool) {
+        let lib = sp_nft_available() != 0
+        return (lib, lib && nft("list tables\n").ok)
+    }
+
     // MARK: the filter
 
     static func nft(_ commands: String) -> (ok: Bool, output: String, error: String) {

@@ -170,9 +170,10 @@ public struct NetworkPolicy: Sendable, Equatable {
         for i in out.allow.indices {
             var r = out.allow[i]
             if let name = r.name {
-                r.addresses = settings.hosts[name] ?? Self.lookup(name)
+                r.addresses = settings.hosts[name] ?? (settings.hostResolver ? Self.lookup(name) : [])
                 guard !r.addresses.isEmpty else {
-                    throw NetworkPolicyError("network allow entry '\(r.text)': the name \(name) does not resolve to an IPv4 address")
+                    let how = settings.hostResolver ? "does not resolve to an IPv4 address" : "is not one of this server's names (--network-host)"
+                    throw NetworkPolicyError("network allow entry '\(r.text)': the name \(name) \(how)")
                 }
             }
             for n in r.nets {
@@ -225,6 +226,10 @@ public struct NetworkSettings: Sendable {
     /// Names the operator defines (`--network-host NAME=ADDRESS`), looked up before the
     /// host's resolver.
     public var hosts: [String: [UInt32]] = [:]
+    /// Whether names not in `hosts` are asked of the host's resolver (`--network-names-only`
+    /// turns it off: then only the operator's names can be allowed, and checking a
+    /// request never sends a DNS query).
+    public var hostResolver = true
 
     public init() {}
 

@@ -120,15 +120,17 @@ final class NetworkLab: @unchecked Sendable {
     let sandbox: Sandbox
     var settings: NetworkSettings { sandbox.settings.network }
 
-    init() throws {
+    init(warm: [String] = []) throws {
         a = try TestHost(tag: "a", index: 1)
         do { b = try TestHost(tag: "b", index: 2) } catch { a.stop(); throw error }
         var s = SandboxSettings()
         s.prepareAhead = false
+        s.warmTemplates = warm.map { try! WarmSpec(parsing: $0) }
         var n = NetworkSettings()
         n.allowMax = [IPv4Net("10.219.0.0/16")!, IPv4Net("169.254.0.0/16")!]
         // A small range: a run can try every other run's address.
         n.range = IPv4Net("10.213.250.0/24")!
+        n.hostResolver = false  // no query leaves this machine
         n.hosts = ["a.sandpit.test": [IPv4Net.parseAddress(a.address)!], "b.sandpit.test": [IPv4Net.parseAddress(b.address)!]]
         s.network = n
         sandbox = Sandbox(settings: s)
@@ -140,8 +142,9 @@ final class NetworkLab: @unchecked Sendable {
         b.stop()
     }
 
-    func run(_ code: String, allow: [String]?, rate: UInt64? = nil, wall: Double = 10) async throws -> ExecutionResult {
+    func run(_ code: String, allow: [String]?, rate: UInt64? = nil, wall: Double = 10, warm: WarmChoice = .cold) async throws -> ExecutionResult {
         var req = ExecutionRequest(code: code)
+        req.warm = warm
         req.limits.wallSeconds = wall * Env.slow
         if let allow { req.network = try NetworkPolicy.parse(allow, rate: rate).resolved(with: settings) }
         let r = await sandbox.run(req)
@@ -201,6 +204,8 @@ struct NetworkPolicyTests {
         let named = try NetworkPolicy.parse(["db.internal:5432"], rate: 4096).resolved(with: s)
         #expect(named.allow[0].addresses == [0x0A01_0204, 0x0A01_0205])
         #expect(named.names == ["db.internal": [0x0A01_0204, 0x0A01_0205]])
+        // (no query to the host's resolver from a test: names only)
+        s.hostResolver = false
         #expect(throws: NetworkPolicyError.self) { try NetworkPolicy.parse(["no-such-name.invalid"], rate: nil).resolved(with: s) }
         #expect(throws: NetworkPolicyError.self) { try NetworkPolicy.parse([], rate: 10) }
     }
@@ -386,6 +391,28 @@ struct NetworkTests {
         """, allow: ["\(lab.a.address)"], wall: 30)
         #expect(prober.output == "[]\n", "\(prober.output) \(prober.error ?? "")")
         #expect(try await listener.output == "nobody\n")
+    }
+
+    @Test(.enabled(if: !Env.inVM, "a numpy template takes minutes under emulation; warm runs are checked in the VM by WarmTests"))
+    func aWarmRunGetsItsNetworkToo() async throws {
+        try #require(Env.isRoot, "privileged test run without root")
+        let lab = try NetworkLab(warm: ["numpy"])
+        defer { lab.stop() }
+        let ok = await WarmTestSupport.ready(lab.sandbox)
+        try #require(ok, "\(lab.sandbox.warmStatus)")
+        let code = """
+        import numpy, urllib.request
+        print(len(urllib.request.urlopen("http://a.sandpit.test:8080/", timeout=3).read()))
+        try:
+            urllib.request.urlopen("http://\(lab.b.address):8080/", timeout=3); print("reached B")
+        except OSError as e:
+            print(type(e).__name__)
+        """
+        let r = try await lab.run(code, allow: ["tcp://a.sandpit.test:8080"], warm: .named(try WarmSpec(parsing: "numpy")))
+        #expect(r.start == .warm, "\(r.error ?? "")")
+        #expect(r.output == "\(TestHost.payloadBytes)\nURLError\n", "\(r.output) \(r.error ?? "")")
+        #expect(int(try breakdown(r)["tcp_connections"]) == 1)
+        #expect(NetworkLab.leftovers().isEmpty, "\(NetworkLab.leftovers())")
     }
 
     @Test func aHundredRunsLeaveNothing() async throws {
