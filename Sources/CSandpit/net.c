@@ -282,7 +282,36 @@ int sp_nft_run(const char *commands, int json, char **output, char **error) {
     const char *o = nft_ctx_get_output_buffer_p(ctx), *e = nft_ctx_get_error_buffer_p(ctx);
     *output = strdup(o ? o : "");
     *error = strdup(e ? e : "");
-    nft_ctx_free_p(ctx);
     pthread_mutex_unlock(&nft_lock);
+    // (closing the context's socket after a deletion waits for the kernel's RCU grace
+    // period: outside the lock, so that other runs' commands do not queue behind it)
+    nft_ctx_free_p(ctx);
     return rc == 0 ? 0 : -EINVAL;
+}
+
+typedef struct {
+    int netns_fd;
+    const char *commands;
+    char *output, *error;
+    int result;
+} sp_nft_in_args;
+
+static void *nft_in_thread(void *p) {
+    sp_nft_in_args *a = p;
+    if (setns(a->netns_fd, CLONE_NEWNET) < 0) { a->result = -errno; return NULL; }
+    a->result = sp_nft_run(a->commands, 0, &a->output, &a->error);
+    return NULL;
+}
+
+int sp_nft_run_in(int netns_fd, const char *commands, char **output, char **error) {
+    sp_nft_in_args a = {.netns_fd = netns_fd, .commands = commands, .result = -EIO};
+    *output = NULL;
+    *error = NULL;
+    pthread_t t;
+    int e = pthread_create(&t, NULL, nft_in_thread, &a);
+    if (e != 0) return -e;
+    pthread_join(t, NULL);
+    *output = a.output;
+    *error = a.error;
+    return a.result;
 }

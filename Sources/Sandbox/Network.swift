@@ -65,24 +65,32 @@ public final class NetworkAttachment: @unchecked Sendable {
         guard sp_nft_available() != 0 else {
             throw fail("libnftables is not installed (Debian/Ubuntu: apt-get install nftables)")
         }
+        let t0 = monotonicNanos()
         try ensureTable(logger: logger)
         let (slot, lock) = try takeSlot(range: settings.range, logger: logger)
+        let t1 = monotonicNanos()
         let base = settings.range.address + UInt32(slot) * 4
         let mark = 0x5A00_0000 | UInt32.random(in: 1...0xFF_FFFF)
         let a = NetworkAttachment(slot: slot, lockFD: lock, net: IPv4Net(address: base, prefix: 30), mark: mark,
                                   policy: policy, range: settings.range, dns: nil)
         do throws(SandboxError) {
             try a.installRules()
+            let t2 = monotonicNanos()
             var rc = sp_veth_create(a.hostName, "eth0", netns)
+            let t3 = monotonicNanos()
             if rc < 0 { throw fail("veth \(a.hostName)", rc) }
             rc = sp_net_host_side(a.hostName, a.gateway.bigEndian, 30)
             if rc < 0 { throw fail("host side of \(a.hostName)", rc) }
             var dnsFD: Int32 = -1
             rc = sp_net_inside(netns, "eth0", a.address.bigEndian, 30, a.gateway.bigEndian, &dnsFD)
             if rc < 0 { throw fail("inside the run's namespace", rc) }
+            do throws(SandboxError) { try a.installRunRules(netns: netns) } catch { close(dnsFD); throw error }
             let full = NetworkAttachment(slot: slot, lockFD: lock, net: a.net, mark: mark, policy: policy, range: settings.range,
                                          dns: DNSResponder(fd: dnsFD, names: policy.names))
             a.detached = true  // its successor owns the slot now
+            if logger.logLevel <= .debug {
+                logger.debug("network \(a.hostName) attach (ms): table+slot \(millis(t0, t1)) rules \(millis(t1, t2)) veth \(millis(t2, t3)) addresses+resolver \(millis(t3, monotonicNanos()))")
+            }
             return full
         } catch {
             a.removeHostState(logger: logger)
@@ -108,11 +116,27 @@ public final class NetworkAttachment: @unchecked Sendable {
     }
 
     private func removeHostState(logger: Logger?) {
-        let rc = sp_link_delete(hostName)
-        if rc < 0 && rc != -ENODEV { logger?.warning("network: deleting \(hostName): \(String(cString: strerror(-rc)))") }
+        // The link's deletion and the rules' each wait for an RCU grace period in the
+        // kernel (10-20 ms): side by side, on two threads.
+        let t0 = monotonicNanos()
+        let name = hostName
+        let linkGone = DispatchSemaphore(value: 0)
+        let linkDone = Mutex<Int64>(0)
+        DispatchQueue.global().async {
+            let rc = sp_link_delete(name)
+            if rc < 0 && rc != -ENODEV { logger?.warning("network: deleting \(name): \(String(cString: strerror(-rc)))") }
+            linkDone.withLock { $0 = monotonicNanos() }
+            linkGone.signal()
+        }
         Self.removeRules(slot: slot, logger: logger)
+        let t2 = monotonicNanos()
+        linkGone.wait()
+        let t1 = linkDone.withLock { $0 }
         let f = sp_conntrack_flush_mark(mark)
         if f < 0 && f != -ENOENT { logger?.debug("network: conntrack flush for \(hostName): \(String(cString: strerror(-f)))") }
+        if let logger, logger.logLevel <= .debug {
+            logger.debug("network \(hostName) detach (ms): link \(millis(t0, t1)) rules \(millis(t0, t2)) (side by side), conntrack \(millis(max(t1, t2), monotonicNanos()))")
+        }
     }
 
     /// What `doctor` reports: libnftables loads; the kernel answers nftables.
@@ -123,26 +147,31 @@ public final class NetworkAttachment: @unchecked Sendable {
 
     // MARK: the filter
 
-    static func nft(_ commands: String) -> (ok: Bool, output: String, error: String) {
+    /// Runs nft commands on the host, or inside the namespace `netns`.
+    static func nft(_ commands: String, in netns: Int32? = nil) -> (ok: Bool, output: String, error: String) {
         var out: UnsafeMutablePointer<CChar>?, err: UnsafeMutablePointer<CChar>?
-        let rc = sp_nft_run(commands, 0, &out, &err)
+        let rc = netns.map { sp_nft_run_in($0, commands, &out, &err) } ?? sp_nft_run(commands, 0, &out, &err)
         defer { free(out); free(err) }
         return (rc == 0, out.map { String(cString: $0) } ?? "", err.map { String(cString: $0) } ?? "")
     }
 
-    /// Makes the shared table once per host (under a lock: two processes starting
-    /// together must not both add its rules). When IPv4 forwarding was off, sandpit
+    /// Makes the shared table when the host has none (under a lock: two processes
+    /// starting together must not both add its rules). Looked for at every attach: a
+    /// firewall reload may have flushed it since. When IPv4 forwarding was off, sandpit
     /// turns it on for its runs and keeps it off for everything else: the table's
     /// forward chain then drops what neither comes from nor goes to a run.
     static func ensureTable(logger: Logger) throws(SandboxError) {
-        if tableReady.withLock({ $0 }) { return }
         try makeSlotDirectory()
         let lock = open(slotDirectory + "/.table.lock", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
         guard lock >= 0 else { throw fail("\(slotDirectory)/.table.lock", errno) }
         defer { close(lock) }
         flock(lock, LOCK_EX)
-        if !nft("list table inet \(table)").ok {
-            let forwardingWasOff = (SysFile.read("/proc/sys/net/ipv4/ip_forward") ?? "0").hasPrefix("0")
+        if !nft("list tables\n").output.split(separator: "\n").contains("table inet \(table)") {
+            // (a marker remembers it across a flushed table and restarts: the forwarding
+            // sandpit turned on is still not the host's)
+            let marker = slotDirectory + "/forwarding-was-off"
+            let forwardingWasOff = (SysFile.read("/proc/sys/net/ipv4/ip_forward") ?? "0").hasPrefix("0") || access(marker, F_OK) == 0
+            if forwardingWasOff { close(open(marker, O_WRONLY | O_CREAT | O_CLOEXEC, 0o600)) }
             var c = """
             add table inet \(table)
             add map inet \(table) egress { type ifname : verdict; }
@@ -172,10 +201,7 @@ public final class NetworkAttachment: @unchecked Sendable {
             }
         }
         guard writeText("/proc/sys/net/ipv4/ip_forward", "1") else { throw fail("turning IPv4 forwarding on", errno) }
-        tableReady.withLock { $0 = true }
     }
-
-    static let tableReady = Mutex(false)
 
     static func writeText(_ path: String, _ text: String) -> Bool {
         let fd = open(path, O_WRONLY | O_CLOEXEC)
@@ -210,6 +236,68 @@ public final class NetworkAttachment: @unchecked Sendable {
         }
     }
 
+    /// The host's own IPv4 addresses (outside the guarded ranges and the runs' range,
+    /// which are refused anyway).
+    func hostAddresses() -> [IPv4Net] {
+        var out = Set<IPv4Net>()
+        var list: UnsafeMutablePointer<ifaddrs>?
+        guard getifaddrs(&list) == 0 else { return [] }
+        defer { freeifaddrs(list) }
+        var p = list
+        while let a = p {
+            if let sa = a.pointee.ifa_addr, sa.pointee.sa_family == UInt16(AF_INET) {
+                let v = sa.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { UInt32(bigEndian: $0.pointee.sin_addr.s_addr) }
+                let n = IPv4Net(address: v, prefix: 32)
+                if !Self.guarded.contains(where: { $0.contains(n) }) && !range.contains(n) { out.insert(n) }
+            }
+            p = a.pointee.ifa_next
+        }
+        return out.sorted { $0.address < $1.address }
+    }
+
+    /// The allow entries that name addresses inside what is refused by default (the
+    /// guarded ranges, the host's own addresses), which must come before that
+    /// refusal, and the others.
+    func split(hostAddresses: [IPv4Net]? = nil) -> (guarded: [NetworkRule], plain: [NetworkRule]) {
+        let host = hostAddresses ?? self.hostAddresses()
+        let inside = Self.guarded + host
+        let g = policy.allow.filter { a in a.nets.allSatisfy { n in inside.contains { $0.contains(n) } } }
+        return (g, policy.allow.filter { !g.contains($0) })
+    }
+
+    /// The same policy inside the run's own namespace (its output and input hooks), so
+    /// that it holds even when the host's ruleset is flushed (a firewall reload): then
+    /// the run loses its way out instead of its limits. The program cannot touch it: it
+    /// has no CAP_NET_ADMIN, and seccomp refuses netfilter netlink sockets. Its counters
+    /// are where refusals are counted (it refuses first).
+    func installRunRules(netns: Int32) throws(SandboxError) {
+        let t = "inet \(Self.table)"
+        let host = hostAddresses()
+        let (guardedRules, plainRules) = split(hostAddresses: host)
+        var c = ["add table \(t)",
+                 "add chain \(t) output { type filter hook output priority filter; policy drop; }",
+                 "add chain \(t) input { type filter hook input priority filter; policy drop; }",
+                 "add chain \(t) refuse"]
+        func rule(_ chain: String, _ text: String) { c.append("add rule \(t) \(chain) \(text)") }
+        rule("output", "oifname \"lo\" accept")
+        rule("output", "meta nfproto != ipv4 counter drop comment \"ipv6\"")
+        rule("output", "ct state established,related accept")
+        rule("output", "ct state != new counter drop comment \"invalid\"")
+        for a in guardedRules { for m in Self.match(a, reply: false) { rule("output", "\(m) accept") } }
+        let refused = (Self.guarded + [range] + host).map(\.description).joined(separator: ", ")
+        rule("output", "ip daddr { \(refused) } goto refuse")
+        for a in plainRules { for m in Self.match(a, reply: false) { rule("output", "\(m) accept") } }
+        rule("output", "goto refuse")
+        rule("refuse", "counter comment \"refused\"")
+        rule("refuse", "meta l4proto tcp reject with tcp reset")
+        rule("refuse", "reject with icmpx admin-prohibited")
+        rule("input", "iifname \"lo\" accept")
+        rule("input", "ct state established,related accept")
+        rule("input", "counter drop comment \"unsolicited\"")
+        let res = Self.nft(c.joined(separator: "\n") + "\n", in: netns)
+        guard res.ok else { throw Self.fail("nftables rules inside the run's namespace: \(res.error.prefix(400))") }
+    }
+
     func installRules() throws(SandboxError) {
         let t = "inet \(Self.table)", n = slot
         let o = "o\(n)", oa = "oa\(n)", r = "r\(n)", i = "i\(n)", ia = "ia\(n)"
@@ -226,8 +314,7 @@ public final class NetworkAttachment: @unchecked Sendable {
         }
         rule(o, "ct mark \(markHex) ct state established,related goto \(oa)")
         rule(o, "ct state != new goto \(r)")
-        let guardedRules = policy.allow.filter { a in a.nets.allSatisfy { n in Self.guarded.contains { $0.contains(n) } } }
-        let plainRules = policy.allow.filter { !guardedRules.contains($0) }
+        let (guardedRules, plainRules) = split()
         for a in guardedRules { for m in Self.match(a, reply: false) { rule(o, "\(m) ct mark set \(markHex) goto \(oa)") } }
         rule(o, "fib daddr type { local, broadcast, anycast, multicast } goto \(r)")
         rule(o, "ip daddr { " + (Self.guarded + [range]).map(\.description).joined(separator: ", ") + " } goto \(r)")
@@ -261,18 +348,14 @@ public final class NetworkAttachment: @unchecked Sendable {
     /// Removes a slot's map entries and chains (what exists of them).
     static func removeRules(slot n: Int, logger: Logger?) {
         let t = "inet \(table)", name = linkPrefix + String(n)
-        // Map entries first (the chains are referenced from them), each on its own:
-        // a missing one must not stop the rest.
-        _ = nft("delete element \(t) egress { \"\(name)\" }\n")
-        _ = nft("delete element \(t) ingress { \"\(name)\" }\n")
         let chains = ["o\(n)", "i\(n)", "oa\(n)", "ia\(n)", "r\(n)"]
-        // Flush all first (o jumps to oa and r), then delete.
-        let r = nft(chains.map { "flush chain \(t) \($0)" }.joined(separator: "\n") + "\n"
-                    + chains.map { "delete chain \(t) \($0)" }.joined(separator: "\n") + "\n")
-        if !r.ok {
-            for ch in chains { _ = nft("flush chain \(t) \(ch)\n") }
-            for ch in chains { _ = nft("delete chain \(t) \(ch)\n") }
-        }
+        let elements = ["delete element \(t) egress { \"\(name)\" }", "delete element \(t) ingress { \"\(name)\" }"]
+        // One transaction: the map entries (they reference the chains), then the chains,
+        // flushed first (o jumps to oa and r).
+        let all = elements + chains.map { "flush chain \(t) \($0)" } + chains.map { "delete chain \(t) \($0)" }
+        if nft(all.joined(separator: "\n") + "\n").ok { return }
+        // Something was missing (a half-made or half-swept slot): each on its own.
+        for c in all { _ = nft(c + "\n") }
     }
 
     // MARK: slots
@@ -340,22 +423,24 @@ public final class NetworkAttachment: @unchecked Sendable {
 
     /// The run's counters: per protocol in and out, connections, refusals, DNS, and
     /// per allowed destination.
-    public func breakdown() -> NetworkBreakdown {
+    public func breakdown(netns: Int32) -> NetworkBreakdown {
         let t = "inet \(Self.table)", n = slot
         // (one listing of the table: nft 1.0's cache, asked for several chains in one
         // buffer, fetches only the last one)
         let listing = Self.nft("list table \(t)\n").output
-        let mine = Set(["oa", "ia", "o", "r", "i"].map { "\($0)\(n)" })
+        let inside = Self.nft("list table \(t)\n", in: netns).output
+        let mine = Set(["oa", "ia", "o", "r", "i"].map { "\($0)\(n)" } + ["output", "input", "refuse"])
         var chain = ""
         var counts: [String: (packets: Int64, bytes: Int64)] = [:]
-        for line in listing.split(separator: "\n") {
+        for line in (listing + "\n" + inside).split(separator: "\n") {
             let s = line.trimmingCharacters(in: .whitespaces)
             if s.hasPrefix("chain ") { chain = String(s.dropFirst(6).prefix { $0 != " " }); continue }
             guard mine.contains(chain), let c = s.range(of: "counter packets "), let q = s.range(of: "comment \"") else { continue }
             let nums = s[c.upperBound...].split(separator: " ")
             guard nums.count >= 3, let p = Int64(nums[0]), let b = Int64(nums[2]) else { continue }
             let tag = s[q.upperBound...].prefix { $0 != "\"" }
-            let kind = chain.hasPrefix("oa") ? "out" : chain.hasPrefix("ia") ? "in" : "policy"
+            let kind = chain.hasPrefix("oa") ? "out" : chain.hasPrefix("ia") ? "in"
+                : ["output", "input", "refuse"].contains(chain) ? "run" : "policy"
             let key = "\(kind).\(tag)"
             let old = counts[key] ?? (0, 0)
             counts[key] = (old.packets + p, old.bytes + b)
@@ -367,9 +452,11 @@ public final class NetworkAttachment: @unchecked Sendable {
         var b = NetworkBreakdown(address: IPv4Net.format(address), tcp: flow("tcp"), udp: flow("udp"), icmp: flow("icmp"),
                                  other: flow("other"))
         b.tcpConnections = counts["out.connect"]?.packets ?? 0
-        b.refused = counts["policy.refused"]?.packets ?? 0
-        b.unsolicitedDropped = counts["policy.unsolicited"]?.packets ?? 0
-        b.spoofedDropped = (counts["policy.spoofed"]?.packets ?? 0) + (counts["policy.ipv6"]?.packets ?? 0)
+        func packets(_ keys: String...) -> Int64 { keys.reduce(0) { $0 + (counts[$1]?.packets ?? 0) } }
+        // (the run's own chain refuses first; the host's counts what got past it)
+        b.refused = packets("policy.refused", "run.refused")
+        b.unsolicitedDropped = packets("policy.unsolicited", "run.unsolicited")
+        b.spoofedDropped = packets("policy.spoofed", "policy.ipv6", "run.ipv6")
         b.rateDropped = counts["policy.rate"].map { .init(packets: $0.packets, bytes: $0.bytes) }
         b.dnsQueries = dns?.queries ?? 0
         b.destinations = policy.allow.enumerated().map { k, a in

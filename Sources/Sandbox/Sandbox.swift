@@ -303,7 +303,7 @@ public final class Sandbox: Sendable {
         }
         // The breakdown, then the run's link and rules go before its result is out.
         if let n = execution.network {
-            out.network = n.breakdown().json.text
+            out.network = n.breakdown(netns: execution.nsfd.raw).json.text
             n.detach(logger: logger)
         }
         if let w = execution.warmUsed {

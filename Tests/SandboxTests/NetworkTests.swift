@@ -415,6 +415,41 @@ struct NetworkTests {
         #expect(NetworkLab.leftovers().isEmpty, "\(NetworkLab.leftovers())")
     }
 
+    /// A firewall reload that flushes the host's ruleset mid-run: the run keeps its
+    /// limits (the copy in its own namespace), and the next run gets a new table.
+    @Test func aFlushedHostRulesetFailsClosed() async throws {
+        let lab = try lab()
+        defer { lab.stop() }
+        async let run = lab.run("""
+        import socket, time
+        time.sleep(1.5 * \(Env.slow))
+        def connect(host, port):
+            s = socket.socket(); s.settimeout(2)
+            try:
+                s.connect((host, port)); return "connected"
+            except Exception as e:
+                return type(e).__name__
+        print(connect("\(lab.b.address)", 8080), connect("\(lab.a.address)", 8081))
+        """, allow: ["tcp://\(lab.a.address):8080"])
+        try await Task.sleep(for: .milliseconds(Int(700 * Env.slow)))
+        #expect(NetworkAttachment.nft("delete table inet \(NetworkAttachment.table)\n").ok)
+        let r: ExecutionResult = try await run
+        #expect(r.output == "ConnectionRefusedError ConnectionRefusedError\n", "\(r.output) \(r.error ?? "")")
+        let refused = int(try breakdown(r)["refused"])
+        #expect(r.status == .ok && refused == 2, "\(refused)")
+        // The next run: a table again, and its way out.
+        let next = try await lab.run("""
+        import urllib.request
+        print(len(urllib.request.urlopen("http://\(lab.a.address):8080/", timeout=3).read()))
+        """, allow: ["tcp://\(lab.a.address):8080"])
+        #expect(next.output == "\(TestHost.payloadBytes)\n", "\(next.output) \(next.error ?? "")")
+        // Forwarding sandpit turned on stays limited to runs after the table is remade.
+        if access(NetworkAttachment.slotDirectory + "/forwarding-was-off", F_OK) == 0 {
+            #expect(NetworkAttachment.nft("list table inet \(NetworkAttachment.table)\n").output.contains("forwarding was off before sandpit"))
+        }
+        #expect(NetworkLab.leftovers().isEmpty, "\(NetworkLab.leftovers())")
+    }
+
     @Test func aHundredRunsLeaveNothing() async throws {
         let lab = try lab()
         defer { lab.stop() }

@@ -233,6 +233,8 @@ int sp_nft_available(void);
 /// Runs nft commands (the nft(8) language); output and error text are malloc'd
 /// (free them). 0, -EINVAL when nft refused them, -ENOSYS without libnftables.
 int sp_nft_run(const char *commands, int json, char **output, char **error);
+/// The same, inside the network namespace `netns_fd` (from a thread of its own).
+int sp_nft_run_in(int netns_fd, const char *commands, char **output, char **error);
 
 /// pidfd_send_signal(2).
 int sp_pidfd_send_signal(int pidfd, int sig);
