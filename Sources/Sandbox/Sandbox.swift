@@ -345,13 +345,21 @@ enum NetnsCounters {
     }
 
     /// What a namespace made as sandpit makes them (`lo` up, nothing else) shows; read
-    /// once per process from one made for the purpose.
-    static let fresh: [UInt8]? = {
+    /// from one made for the purpose, again whenever the host's IPv4 forwarding
+    /// changed (a new namespace inherits it, and /proc/net/snmp shows it: `Forwarding`;
+    /// the first run with network turns it on).
+    static let freshCache = Mutex<(forwarding: String, counters: [UInt8]?)?>(nil)
+
+    static var fresh: [UInt8]? {
+        let forwarding = SysFile.read("/proc/sys/net/ipv4/ip_forward") ?? ""
+        if let c = freshCache.withLock({ $0 }), c.forwarding == forwarding { return c.counters }
         let fd = sp_new_netns()
         guard fd >= 0 else { return nil }
         defer { close(fd) }
-        return read(fd)
-    }()
+        let counters = read(fd)
+        freshCache.withLock { $0 = (forwarding, counters) }
+        return counters
+    }
 
     /// True when the namespace `fd` reads exactly as a brand-new one.
     static func isPristine(_ fd: Int32) -> Bool {

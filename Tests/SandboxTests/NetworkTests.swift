@@ -451,6 +451,33 @@ struct NetworkTests {
         #expect(NetworkLab.leftovers().isEmpty, "\(NetworkLab.leftovers())")
     }
 
+    /// A process killed with runs in progress leaves their links and rules; the next
+    /// start's sweep removes them (their slots' locks died with it).
+    @Test func aCrashedProcessesLinksAreSwept() async throws {
+        let lab = try lab()
+        defer { lab.stop() }
+        let cli = Process()
+        cli.executableURL = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("sandpit")
+        cli.arguments = ["run", "--network", "tcp://\(lab.a.address):8080", "--time-limit", "60", "-c", "import time; time.sleep(60)"]
+        cli.standardOutput = FileHandle.nullDevice
+        cli.standardError = FileHandle.nullDevice
+        try cli.run()
+        var links: [String] = []
+        for _ in 0..<Int(200 * Env.slow) where links.isEmpty {
+            try await Task.sleep(for: .milliseconds(50))
+            links = SysFile.list("/sys/class/net").filter { $0.hasPrefix(NetworkAttachment.linkPrefix) }
+        }
+        try await Task.sleep(for: .milliseconds(300))
+        kill(cli.processIdentifier, SIGKILL)
+        cli.waitUntilExit()
+        #expect(links.count == 1, "\(links)")
+        #expect(!NetworkLab.leftovers().isEmpty)  // what it left
+        let swept = NetworkAttachment.sweep(logger: lab.sandbox.logger)
+        #expect(swept == links)
+        lab.sandbox.sweepStale()  // (its run cgroup)
+        #expect(NetworkLab.leftovers().isEmpty, "\(NetworkLab.leftovers())")
+    }
+
     @Test func aHundredRunsLeaveNothing() async throws {
         let lab = try lab()
         defer { lab.stop() }
