@@ -245,14 +245,14 @@ struct ExecuteBody: Decodable {
         if let v = try integer("memory_limit", memoryLimit, Double(mem.lowerBound)...Double(mem.upperBound)) { req.limits.memoryBytes = v }
         if let v = try integer("pids_limit", pidsLimit, Double(pids.lowerBound)...Double(pids.upperBound)) { req.limits.pids = v }
         if let v = try integer("output_limit", outputLimit, Double(out.lowerBound)...Double(out.upperBound)) { req.limits.outputBytes = Int(v) }
+        let rate = try integer("network_rate", networkRate, 1024...Double(10 << 30))
         if let allow = networkAllow {
-            let rate = try integer("network_rate", networkRate, 1024...Double(10 << 30))
             do {
                 req.network = try NetworkPolicy.parse(allow, rate: rate)
             } catch {
                 throw APIError(.badRequest, "invalid_network", error.message)
             }
-        } else if networkRate != nil {
+        } else if rate != nil {
             throw Self.invalid("'network_rate' needs a network with an allow-list")
         }
         return req

@@ -51,6 +51,9 @@ struct NetworkServiceTests {
             // Without a policy: loopback only, no breakdown.
             let plain = try #require(json(try await client.post("/execute", #"{"code": "print(1)", "network": "none"}"#).body) as? [String: Any])
             #expect(plain["network"] is NSNull && plain["output"] as? String == "1\n")
+            // An empty allow-list: a link that reaches nothing (and its breakdown).
+            let empty = try #require(json(try await client.post("/execute", #"{"code": "print(2)", "network": {"allow": []}}"#).body) as? [String: Any])
+            #expect((empty["network"] as? [String: Any])?["destinations"] as? [Any] != nil && empty["output"] as? String == "2\n")
 
             // Asking for more than the operator allows, or nonsense: 400 with the reason.
             for (body, code) in [
@@ -61,7 +64,9 @@ struct NetworkServiceTests {
                 (#"{"code": "1", "network": {"allow": ["[::1]:80"]}}"#, "invalid_network"),
                 (#"{"code": "1", "network": {"allow": ["10.219.64.1:99999"]}}"#, "invalid_network"),
                 (#"{"code": "1", "network": {"allow": ["10.219.64.1"]}, "network_rate": 10}"#, "limit_out_of_range"),
+                (#"{"code": "1", "network_rate": 100}"#, "limit_out_of_range"),
                 (#"{"code": "1", "network_rate": 4096}"#, "invalid_request"),
+                (#"{"code": "1", "network": "none", "network_rate": 4096}"#, "invalid_request"),
                 (#"{"code": "1", "network": "all"}"#, "invalid_request"),
                 (#"{"code": "1", "network": {"allow": "10.219.64.1"}}"#, "invalid_request"),
                 (#"{"code": "1", "network": {"deny": []}}"#, "invalid_request"),
