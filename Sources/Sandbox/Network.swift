@@ -104,9 +104,8 @@ public final class NetworkAttachment: @unchecked Sendable {
         if !detached { detach(logger: nil) }
     }
 
-    /// The run's breakdown (its counters as they are now), then nothing of the run
-    /// left on the host: its rules and counters, its link, its tracked connections,
-    /// its resolver; the slot is free again.
+    /// Nothing of the run left on the host: its rules and counters (read `breakdown`
+    /// first), its link, its tracked connections, its resolver; the slot is free again.
     public func detach(logger: Logger?) {
         guard !detached else { return }
         detached = true
