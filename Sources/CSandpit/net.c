@@ -203,11 +203,18 @@ static void *inside_thread(void *p) {
     close(sock);
     if (rc == 0) {
         // The run's resolver: 127.0.0.1:53 in its own namespace, answered by sandpit.
+        // Port 53 is privileged; a process without CAP_NET_BIND_SERVICE (the systemd
+        // unit's bounding set has none) lowers the bar in this namespace only, binds,
+        // and puts it back.
         int d = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
         struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(53)};
         sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        if (d < 0 || bind(d, (struct sockaddr *)&sa, sizeof sa) < 0) {
-            rc = -errno;
+        int lowered = write_text("/proc/sys/net/ipv4/ip_unprivileged_port_start", "53") == 0;
+        int b = d < 0 ? -1 : bind(d, (struct sockaddr *)&sa, sizeof sa);
+        int e = errno;
+        if (lowered) (void)write_text("/proc/sys/net/ipv4/ip_unprivileged_port_start", "1024");
+        if (d < 0 || b < 0) {
+            rc = -e;
             if (d >= 0) close(d);
         } else {
             a->dns_fd = d;
