@@ -226,14 +226,16 @@ struct SessionServiceTests {
 
             // Cancel through DELETE /executions/{id}, as for a run.
             let slow = Task { try await httpRequest(port: port, "POST", "/sessions/live/execute", body: #"{"code": "import time\ntime.sleep(60)"}"#) }
+            // (up to 20 s: once, under CI's load, the row took longer than 5 s to appear)
             var rowID: Int?
-            for _ in 0..<Int(100 * Env.slow) {
+            for _ in 0..<Int(400 * Env.slow) {
                 let page = Self.obj(try await client.get("/executions?container_name=live&status=running"))
                 rowID = (page["executions"] as? [[String: Any]])?.first?["id"] as? Int
                 if rowID != nil { break }
                 try await Task.sleep(for: .milliseconds(50))
             }
-            let id = try #require(rowID)
+            let recent = Self.obj(try await client.get("/executions?limit=5"))["executions"] as? [[String: Any]] ?? []
+            let id = try #require(rowID, "no running row of session live; the latest rows: \(recent.map { "\($0["id"] ?? "") \($0["container_name"] ?? "") \($0["status"] ?? "")" })")
             try await Task.sleep(for: .milliseconds(Int(300 * Env.slow)))
             let cancelled = Self.check(try await client.execute(uri: "/executions/\(id)", method: .delete, headers: [:]), "/executions/{id}", "delete")
             #expect(cancelled["status"] as? String == "cancelled" && (cancelled["exception"] as? [String: Any])?["name"] as? String == "KeyboardInterrupt",
