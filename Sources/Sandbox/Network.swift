@@ -38,10 +38,11 @@ public final class NetworkAttachment: @unchecked Sendable {
     let policy: NetworkPolicy
     /// Every run's addresses (`--network-range`): never reachable from a run.
     let range: IPv4Net
-    let dns: DNSResponder?
+    /// The run's resolver (set once its socket is bound).
+    private(set) var dns: DNSResponder?
     private var detached = false
 
-    private init(slot: Int, lockFD: Int32, net: IPv4Net, mark: UInt32, policy: NetworkPolicy, range: IPv4Net, dns: DNSResponder?) {
+    private init(slot: Int, lockFD: Int32, net: IPv4Net, mark: UInt32, policy: NetworkPolicy, range: IPv4Net) {
         self.range = range
         self.slot = slot
         self.lockFD = lockFD
@@ -49,7 +50,6 @@ public final class NetworkAttachment: @unchecked Sendable {
         self.net = net
         self.mark = mark
         self.policy = policy
-        self.dns = dns
     }
 
     /// Where slots are locked (host-wide: every sandpit process shares the names).
@@ -72,7 +72,7 @@ public final class NetworkAttachment: @unchecked Sendable {
         let base = settings.range.address + UInt32(slot) * 4
         let mark = 0x5A00_0000 | UInt32.random(in: 1...0xFF_FFFF)
         let a = NetworkAttachment(slot: slot, lockFD: lock, net: IPv4Net(address: base, prefix: 30), mark: mark,
-                                  policy: policy, range: settings.range, dns: nil)
+                                  policy: policy, range: settings.range)
         do throws(SandboxError) {
             try a.installRules()
             let t2 = monotonicNanos()
@@ -85,13 +85,11 @@ public final class NetworkAttachment: @unchecked Sendable {
             rc = sp_net_inside(netns, "eth0", a.address.bigEndian, 30, a.gateway.bigEndian, &dnsFD)
             if rc < 0 { throw fail("inside the run's namespace", rc) }
             do throws(SandboxError) { try a.installRunRules(netns: netns) } catch { close(dnsFD); throw error }
-            let full = NetworkAttachment(slot: slot, lockFD: lock, net: a.net, mark: mark, policy: policy, range: settings.range,
-                                         dns: DNSResponder(fd: dnsFD, names: policy.names))
-            a.detached = true  // its successor owns the slot now
+            a.dns = DNSResponder(fd: dnsFD, names: policy.names)
             if logger.logLevel <= .debug {
                 logger.debug("network \(a.hostName) attach (ms): table+slot \(millis(t0, t1)) rules \(millis(t1, t2)) veth \(millis(t2, t3)) addresses+resolver \(millis(t3, monotonicNanos()))")
             }
-            return full
+            return a
         } catch {
             a.removeHostState(logger: logger)
             close(lock)
